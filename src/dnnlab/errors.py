@@ -1,0 +1,34 @@
+"""Errors a user can fix by changing the command line: reported as one line, never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class DnnlabError(Exception):
+    """Base class: the message alone tells the user what is wrong and what is valid."""
+
+
+class ConfigError(DnnlabError, ValueError):
+    """A config value is unknown or out of range."""
+
+
+class DataError(DnnlabError):
+    """Data files are missing, truncated or fail their checksum."""
+
+
+def invalid_choice(key: str, value: object, choices: Iterable[str]) -> ConfigError:
+    """The standard one-line error for a name that is not in a registry."""
+    valid = ", ".join(sorted(choices))
+    return ConfigError(f"{key}={value!r} is not valid; choose one of: {valid}")
+
+
+def lookup(registry: Mapping[str, T], key: str, name: str) -> T:
+    """Registry access that fails with :func:`invalid_choice` instead of a KeyError."""
+    try:
+        return registry[name]
+    except (KeyError, TypeError):
+        raise invalid_choice(key, name, registry) from None
