@@ -47,7 +47,7 @@ def hand_loop_epoch(datamodule: IdxDataModule, cfg) -> float:
     (val_x, val_y) = datamodule.tensors["val"]
     start = time.perf_counter()
     model.train()
-    for x, y in train:
+    for x, y in train.batches():
         loss = F.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -55,7 +55,8 @@ def hand_loop_epoch(datamodule: IdxDataModule, cfg) -> float:
     model.eval()
     with torch.no_grad():
         correct = sum(
-            (model(x).argmax(1) == y).sum() for x, y in zip(val_x.split(1000), val_y.split(1000))
+            (model(x).argmax(1) == y).sum()
+            for x, y in zip(val_x.split(1000), val_y.split(1000), strict=True)
         )
     float(correct)
     return time.perf_counter() - start

@@ -22,7 +22,7 @@ def plain(node: Any) -> Any:
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Instantiate every named callback of the ``callbacks`` group (a null entry switches one off)."""
+    """Every named callback of the ``callbacks`` group; a null entry switches one off."""
     return [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
 
 

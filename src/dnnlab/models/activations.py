@@ -21,7 +21,7 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_activation(name: str, units: int, params: Mapping[str, Any] | None = None) -> nn.Module:
-    """One activation layer for a layer of ``units`` units, with ``params`` passed to its factory."""
+    """An activation for a layer of ``units`` units, ``params`` passed to its factory."""
     factory = lookup(ACTIVATIONS, "model.activation", name)
     try:
         return factory(units, **dict(params or {}))
