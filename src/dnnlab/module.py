@@ -97,15 +97,6 @@ class Classifier(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        # Batches are sliced from tensors already on the training device (see dnnlab.data).
-        first = batch[0][0] if isinstance(batch, list) else batch[0]
-        if first.device == device:
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 

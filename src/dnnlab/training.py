@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab.module import Classifier
 
 log = logging.getLogger(__name__)
+
+# Lightning counts a block of data.steps_per_block optimizer steps as one batch in this warning;
+# the module logs by optimizer step, so the comparison it makes does not apply.
+warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def plain(node: Any) -> Any:

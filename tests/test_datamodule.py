@@ -1,0 +1,112 @@
+"""The in-memory data module: the book's split, scaling, shuffled batches and blocks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from conftest import MNIST_DIR, requires_fashion, write_idx_dataset
+from dnnlab.data import IdxDataModule
+from dnnlab.data.batches import EpochOrder, TensorBatches
+
+
+def tiny(tmp_path: Path, **kwargs) -> IdxDataModule:
+    folder = write_idx_dataset(tmp_path / "tiny", n_train=60, n_test=20)
+    dm = IdxDataModule(name="mnist", root=str(folder), download=False, verify=False, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_loader_on_tiny_idx_files(tmp_path: Path) -> None:
+    dm = tiny(tmp_path, val_size=10, batch_size=8, eval_batch_size=7, steps_per_block=3)
+    assert [len(dm.tensors[s][0]) for s in ("train", "val", "test")] == [50, 10, 20]
+    x, y = dm.tensors["train"]
+    assert x.dtype == torch.float32 and x.min() >= 0.0 and x.max() <= 1.0 and y.dtype == torch.int64
+    blocks = list(dm.train_dataloader())
+    assert len(blocks) == len(dm.train_dataloader()) == 3  # 7 batches of <= 8 in blocks of 3
+    assert [len(b) for b in blocks] == [3, 3, 1]
+    seen = torch.cat([by for block in blocks for _, by in block])
+    assert len(seen) == 50 and sorted(seen.tolist()) == sorted(y.tolist())
+    val = list(dm.val_dataloader())
+    assert [len(vx) for vx, _ in val] == [7, 3]
+
+
+def test_validation_is_the_last_part_by_default(tmp_path: Path) -> None:
+    last, first = tiny(tmp_path, val_size=10), tiny(tmp_path, val_size=10, val_split="first")
+    assert torch.equal(last.tensors["val"][0], first.tensors["train"][0][-10:])
+    assert torch.equal(first.tensors["val"][0], last.tensors["train"][0][:10])
+
+
+def test_shuffle_depends_on_seed_and_epoch_only() -> None:
+    order = EpochOrder(100, shuffle=True, seed=3)
+    epoch0 = order.indices(torch.device("cpu"))
+    order.set_epoch(1)
+    epoch1 = order.indices(torch.device("cpu"))
+    again = EpochOrder(100, shuffle=True, seed=3)
+    again.set_epoch(1)
+    assert not torch.equal(epoch0, epoch1)
+    assert torch.equal(epoch1, again.indices(torch.device("cpu")))
+
+
+def test_ranks_share_a_permutation_and_split_it() -> None:
+    parts = [
+        EpochOrder(10, True, seed=1, rank=r, world_size=2).indices(torch.device("cpu"))
+        for r in (0, 1)
+    ]
+    assert sorted(torch.cat(parts).tolist()) == list(range(10))
+    loader = TensorBatches(
+        torch.arange(10.0), torch.arange(10), 4, EpochOrder(10, False, rank=1, world_size=2)
+    )
+    assert [b[1].tolist() for b in loader] == [[1, 3, 5, 7], [9]]
+
+
+@requires_fashion
+def test_fashion_mnist_split_as_in_the_book(tmp_path: Path) -> None:
+    dm = IdxDataModule(
+        root=str(tmp_path / "none"),
+        search_dirs=["/usr/share/datasets/fashion-mnist"],
+        download=False,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    sizes = {split: len(t[1]) for split, t in dm.tensors.items()}
+    assert sizes == {"train": 55000, "val": 5000, "test": 10000}
+    assert dm.classes[0] == "T-shirt/top" and dm.num_classes == 10
+    assert torch.bincount(dm.tensors["test"][1]).tolist() == [1000] * 10
+
+
+@requires_fashion
+def test_standardize_uses_training_statistics(tmp_path: Path) -> None:
+    dm = IdxDataModule(
+        root=str(tmp_path),
+        search_dirs=["/usr/share/datasets/fashion-mnist"],
+        download=False,
+        standardize=True,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.tensors["train"][0]
+    assert train.mean().abs() < 1e-4
+    assert abs(train.std(dim=0).mean() - 1) < 0.05
+
+
+def test_mnist_from_shared_folder(tmp_path: Path) -> None:
+    dm = IdxDataModule(
+        name="mnist", root=str(tmp_path), search_dirs=[str(MNIST_DIR)], download=False
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert torch.bincount(dm.tensors["test"][1]).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]

@@ -1,0 +1,57 @@
+"""Short real training runs on slices of Fashion-MNIST: learning, checkpoints, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import requires_fashion
+from dnnlab.module import Classifier
+from dnnlab.training import run
+
+pytestmark = requires_fashion
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def test_short_run_learns_and_tests_the_best_checkpoint(make_config) -> None:
+    cfg = make_config(["trainer.log_every_n_steps=10"])
+    metrics = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    logged = scalars(out)
+    losses = [v for _, v in logged["train/loss"]]
+    assert losses[-1] < 0.6 * losses[0], "the training loss falls"
+    assert metrics["val/acc"] > 0.6 and metrics["test/acc"] > 0.6, "far above chance (0.1)"
+    assert metrics["val/acc_best"] >= metrics["val/acc"]
+    # x-axis in optimizer steps: 2 epochs x 10 blocks x 16 steps
+    assert logged["train/loss"][-1][0] == 320 and logged["lr"][0][1] == pytest.approx(0.05)
+    assert {"val/acc", "val/loss", "train/acc", "val/acc_best"} <= set(logged)
+    assert (out / "checkpoints" / "last.ckpt").exists()
+
+
+def test_checkpoint_loads_weights_only_and_resumes(make_config, tmp_path: Path) -> None:
+    cfg = make_config(["trainer.max_epochs=1", "test=false"])
+    run(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)  # primitive hyperparameters only
+    assert state["hyper_parameters"]["model"]["hidden"] == [300, 100]
+    model = Classifier.load_from_checkpoint(last, weights_only=True)
+    assert torch.equal(model.net[1].weight, state["state_dict"]["net.1.weight"])
+    resumed = make_config(
+        ["trainer.max_epochs=2", "test=false", f"ckpt_path={last}"], run="resumed"
+    )
+    run(resumed)
+    again = torch.load(
+        Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert state["global_step"] == 160 and again["global_step"] == 320
+    assert again["epoch"] == 1
