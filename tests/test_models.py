@@ -16,7 +16,7 @@ def test_book_mlp_shape_and_parameters() -> None:
         10,
         hidden=[300, 100],
         activation="leaky_relu",
-        activation_params={"negative_slope": 0.2},
+        activation_params={"leaky_relu": {"negative_slope": 0.2}, "elu": {"alpha": 2.0}},
         init="he_normal",
     )
     assert net(torch.zeros(5, 28, 28)).shape == (5, 10)
@@ -43,7 +43,10 @@ def test_he_normal_variance_matches_two_over_fan_in() -> None:
             r"model.init='he' is not valid; choose one of: auto, default, glorot_normal",
         ),
         ({"hidden": []}, r"model.hidden=\[\] must be a non-empty list of positive sizes"),
-        ({"activation": "elu", "activation_params": {"slope": 1}}, r"do not fit activation 'elu'"),
+        (
+            {"activation": "elu", "activation_params": {"elu": {"slope": 1}}},
+            r"model.activation_params.elu=\{'slope': 1\} do not fit activation 'elu'",
+        ),
     ],
 )
 def test_bad_model_config_is_one_clear_line(kwargs: dict, message: str) -> None:

@@ -20,12 +20,19 @@ ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_activation(name: str, units: int, params: Mapping[str, Any] | None = None) -> nn.Module:
-    """An activation for a layer of ``units`` units, ``params`` passed to its factory."""
+def build_activation(
+    name: str, units: int, params: Mapping[str, Mapping[str, Any]] | None = None
+) -> nn.Module:
+    """An activation for a layer of ``units`` units.
+
+    ``params`` maps activation names to their keyword arguments, so the settings of every
+    activation can sit in the config at once and switching ``model.activation`` needs nothing else.
+    """
     factory = lookup(ACTIVATIONS, "model.activation", name)
+    own = dict((params or {}).get(name) or {})
     try:
-        return factory(units, **dict(params or {}))
+        return factory(units, **own)
     except TypeError:
         raise ConfigError(
-            f"model.activation_params={dict(params or {})} do not fit activation {name!r}"
+            f"model.activation_params.{name}={own} do not fit activation {name!r}"
         ) from None

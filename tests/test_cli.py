@@ -1,0 +1,57 @@
+"""``python train.py`` end to end, as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, ROOT, requires_fashion
+
+
+def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_train_py_writes_one_run_folder_with_config_events_and_checkpoints(tmp_path: Path) -> None:
+    result = train(tmp_path, *QUICK, "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "logs" / "runs" / "default").iterdir()
+    assert (run / ".hydra" / "config.yaml").exists() and (run / "train.log").exists()
+    assert list(run.glob("events.out.tfevents.*")) and (run / "checkpoints" / "last.ckpt").exists()
+    again = train(tmp_path, *QUICK, "trainer.max_epochs=1", "test=false")
+    assert again.returncode == 0
+    assert len(list((tmp_path / "logs" / "runs" / "default").iterdir())) == 2, "a new folder"
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_multirun_members_sit_side_by_side(tmp_path: Path) -> None:
+    result = train(tmp_path, "-m", *QUICK, "trainer.max_epochs=1", "model.activation=relu,elu")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
+    members = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in members] == ["0", "1"]
+    assert "model.activation=relu" in (members[0] / ".hydra" / "overrides.yaml").read_text()
+    assert all(list(p.glob("events.out.tfevents.*")) for p in members)
+
+
+@pytest.mark.slow
+def test_missing_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    result = train(tmp_path, "data.search_dirs=[]", "data.download=false", "data=mnist")
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "MNIST not found" in lines[0] and "Traceback" not in result.stderr
