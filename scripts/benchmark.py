@@ -85,7 +85,7 @@ def main() -> None:
     for _ in range(args.repeats):
         hand.append(hand_loop_epoch(datamodule, cfg))
         lit.append(lightning_epoch([]))
-    steps = len(datamodule.train_dataloader())
+    steps = datamodule.train_dataloader().num_batches
     print(f"workload: LeakyReLU MLP 784-300-100-10, batch 32, SGD 1e-3, {steps} steps + validation")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats")
     print("| path | best epoch (s) | median (s) | samples/s | ratio |")

@@ -23,6 +23,7 @@ MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
 
 # A short real run: 5,000 training images in blocks, 1,000 for validation and test.
 QUICK = [
+    "data.steps_per_block=16",
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=10",  # 10 blocks of 16 steps of 32 images
     "trainer.limit_val_batches=1",
