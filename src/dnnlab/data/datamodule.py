@@ -1,0 +1,176 @@
+"""The LightningDataModule of the four-file IDX datasets (Fashion-MNIST, MNIST)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from dnnlab.data.batches import EpochOrder, TensorBatches
+from dnnlab.data.idx import parse_idx, read_idx_bytes
+from dnnlab.data.sources import SPLIT_FILES, get_spec, locate, verified_bytes
+from dnnlab.errors import ConfigError, DataError, lookup
+
+VAL_SPLITS = ("last", "first", "random")
+
+
+@functools.lru_cache(maxsize=8)
+def load_arrays(name: str, directory: str, verify: bool = True) -> dict[str, np.ndarray]:
+    """The four arrays of a dataset folder, checked and cached: tests and sweeps read them once."""
+    spec = get_spec(name)
+    arrays = {}
+    for key, filename in SPLIT_FILES.items():
+        path = Path(directory) / filename
+        content = verified_bytes(spec, path) if verify else read_idx_bytes(path)
+        arrays[key] = parse_idx(content, str(path))
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{directory}: {split} files disagree (images {images.shape}, labels {labels.shape})"
+            )
+    return arrays
+
+
+class IdxDataModule(L.LightningDataModule):
+    """Fashion-MNIST or MNIST split as in the book (55k train / 5k valid / 10k test), in memory.
+
+    Pixels are scaled to [0, 1] (optionally standardized per pixel with training statistics) and
+    the tensors are moved once to the training device, so a batch costs one indexing operation.
+    """
+
+    def __init__(
+        self,
+        name: str = "fashion_mnist",
+        root: str = "data/fashion_mnist",
+        search_dirs: Sequence[str] = (),
+        download: bool = True,
+        mirrors: Sequence[str] | None = None,
+        verify: bool = True,
+        val_size: int = 5000,
+        val_split: str = "last",
+        standardize: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        steps_per_block: int = 32,
+        on_device: bool = True,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.spec = get_spec(name)
+        lookup(dict.fromkeys(VAL_SPLITS), "data.val_split", val_split)
+        sizes = {
+            "data.batch_size": batch_size,
+            "data.eval_batch_size": eval_batch_size,
+            "data.steps_per_block": steps_per_block,
+        }
+        for key, value in sizes.items():
+            if value < 1:
+                raise ConfigError(f"{key}={value} must be a positive integer")
+        if val_size < 1:
+            raise ConfigError(f"data.val_size={val_size} must be a positive integer")
+        self.name, self.root = name, root
+        self.search_dirs, self.download, self.mirrors = list(search_dirs), download, mirrors
+        self.verify = verify
+        self.val_size, self.val_split, self.standardize = val_size, val_split, standardize
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.steps_per_block = steps_per_block
+        self.on_device, self.seed = on_device, seed
+        self.tensors: dict[str, tuple[Tensor, Tensor]] = {}
+        self._directory: Path | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.spec.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        return (28, 28)
+
+    def prepare_data(self) -> None:
+        self._directory = locate(self.name, self.root, self.search_dirs, self.download, self.mirrors)
+
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        if self.on_device and trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tensors:
+            return
+        directory = self._directory or locate(
+            self.name, self.root, self.search_dirs, download=False, mirrors=self.mirrors
+        )
+        arrays = load_arrays(self.name, str(directory), self.verify)
+        images = torch.from_numpy(arrays["train_images"]).float().div_(255.0)
+        labels = torch.from_numpy(arrays["train_labels"].astype(np.int64))
+        if self.val_size >= len(images):
+            raise ConfigError(
+                f"data.val_size={self.val_size} leaves no training images ({len(images)} in all)"
+            )
+        train_index, val_index = self._split_indices(len(images))
+        train_x, train_y = images[train_index], labels[train_index]
+        val_x, val_y = images[val_index], labels[val_index]
+        test_x = torch.from_numpy(arrays["test_images"]).float().div_(255.0)
+        test_y = torch.from_numpy(arrays["test_labels"].astype(np.int64))
+        if self.standardize:
+            mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-7)
+            train_x, val_x, test_x = ((t - mean) / std for t in (train_x, val_x, test_x))
+        device = self._device()
+        self.tensors = {
+            split: (x.contiguous().to(device), y.to(device))
+            for split, (x, y) in {
+                "train": (train_x, train_y),
+                "val": (val_x, val_y),
+                "test": (test_x, test_y),
+            }.items()
+        }
+
+    def _split_indices(self, size: int) -> tuple[slice | Tensor, slice | Tensor]:
+        """Training and validation parts of the training file (slices where contiguous)."""
+        cut = size - self.val_size
+        if self.val_split == "last":
+            return slice(0, cut), slice(cut, size)
+        if self.val_split == "first":
+            return slice(self.val_size, size), slice(0, self.val_size)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed))
+        return order[self.val_size :].sort().values, order[: self.val_size].sort().values
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Batches are sliced from tensors already on the training device: nothing to move.
+        first = batch[0][0] if isinstance(batch, list) else batch[0]
+        if first.device == device:
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool, steps_per_block: int | None = None
+    ) -> TensorBatches:
+        x, y = self.tensors[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        order = EpochOrder(len(x), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        return TensorBatches(x, y, batch_size, order, steps_per_block)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._loader("train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> TensorBatches:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
