@@ -202,7 +202,9 @@ class Classifier(L.LightningModule):
         return self(batch[0]).softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        # Only trainable parameters: frozen (transferred) layers join later as a new param group.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.hparams.optimizer, params=trainable)
         scheduler = self.hparams.scheduler
         if not scheduler:
             return optimizer

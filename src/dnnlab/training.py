@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.evaluation import evaluate_split
 from dnnlab.module import Classifier
+from dnnlab.transfer import load_lower_layers, transfer_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +44,18 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
-    return Classifier(
+    model = Classifier(
         model=plain(cfg.model),
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")) or None,
         input_shape=list(datamodule.input_shape),
         num_classes=datamodule.num_classes,
     )
+    transfer = cfg.get("transfer")
+    if transfer and transfer.ckpt_path:
+        count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers)
+        log.info("reused %d tensors of the lower layers of %s", count, transfer.ckpt_path)
+    return model
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
@@ -60,7 +68,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg, extra_callbacks)
+    trainer = build_trainer(cfg, [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"))])
     for lg in trainer.loggers:
         lg.log_hyperparams(plain(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -72,4 +80,29 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             log.warning("no best checkpoint was saved; testing the final weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        samples = cfg.get("mc_dropout", {}).get("samples", 0)
+        if samples:
+            metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
+    return metrics
+
+
+def evaluate_test_split(
+    cfg: DictConfig, model: Classifier, datamodule: Any, trainer: L.Trainer
+) -> dict[str, float]:
+    """MC dropout next to plain predictions on the test set (weights of the tested checkpoint)."""
+    images, targets = datamodule.tensors["test"]
+    model.to(images.device)
+    metrics = evaluate_split(
+        model,
+        images,
+        targets,
+        Path(cfg.paths.output_dir),
+        datamodule.classes,
+        mc_samples=cfg.mc_dropout.samples,
+        seed=cfg.mc_dropout.seed,
+        batch_size=datamodule.eval_batch_size,
+    )
+    for logger in trainer.loggers:
+        logger.log_metrics({f"test_eval/{k}": v for k, v in metrics.items()}, trainer.global_step)
+    log.info("test set: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
