@@ -141,3 +141,62 @@ def evaluate_split(
     )
     (out_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    mc_samples: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Evaluate a saved run from its checkpoint alone: the data settings come from the run folder.
+
+    ``<run>/checkpoints/<name>.ckpt`` sits beside ``<run>/.hydra/config.yaml``, which Hydra wrote
+    when the run started; the model comes from the checkpoint's own (primitive) hyperparameters.
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf, open_dict
+
+    from dnnlab.errors import lookup
+    from dnnlab.module import Classifier
+
+    stage = lookup({"test": "test", "val": "validate"}, "split", split)
+    ckpt = Path(ckpt_path)
+    saved = ckpt.parent.parent / ".hydra" / "config.yaml"
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not a file")
+    if not saved.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not in a run folder (no {saved})")
+    cfg = OmegaConf.load(saved)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    results = getattr(trainer, stage)(model, datamodule=datamodule, verbose=False)[0]
+    images, targets = datamodule.tensors[split]
+    model.to(images.device)
+    metrics = evaluate_split(
+        model,
+        images,
+        targets,
+        Path(out_dir),
+        datamodule.classes,
+        mc_samples=mc_samples,
+        seed=seed,
+        batch_size=datamodule.eval_batch_size,
+    )
+    metrics.update({k: float(v) for k, v in results.items()})
+    (Path(out_dir) / "evaluation.json").write_text(
+        json.dumps({"ckpt_path": str(ckpt), "split": split, **metrics}, indent=2) + "\n"
+    )
+    return metrics
