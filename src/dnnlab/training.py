@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.evaluation import evaluate_split
@@ -65,12 +68,11 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics as plain floats."""
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"))])
-    for lg in trainer.loggers:
-        lg.log_hyperparams(plain(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
@@ -83,7 +85,46 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
         samples = cfg.get("mc_dropout", {}).get("samples", 0)
         if samples:
             metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
+    metrics.pop("step", None)
+    write_summary(cfg, trainer, metrics, time.perf_counter() - started)
     return metrics
+
+
+def flat_hparams(node: Any, prefix: str = "") -> dict[str, Any]:
+    """The config as flat ``a.b.c`` keys with TensorBoard-friendly values (lists as strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in (plain(node) or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        else:
+            is_scalar = isinstance(value, (int, float, str, bool))
+            flat[name] = value if is_scalar else str(value)
+    return flat
+
+
+def write_summary(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], seconds: float
+) -> None:
+    """``metrics.json`` in the run folder (read by scripts/report.py) and TensorBoard's HParams.
+
+    The HParams entry is written once, at the end, with the run's real final metrics.
+    """
+    summary = {
+        "status": "ok",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(seconds, 3),
+        "metrics": metrics,
+    }
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    hparams = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith(("paths.", "hydra."))}
+    hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, hp_metrics)
 
 
 def evaluate_test_split(
