@@ -110,6 +110,8 @@ def write_summary(
 
     The HParams entry is written once, at the end, with the run's real final metrics.
     """
+    if not trainer.is_global_zero:
+        return
     summary = {
         "status": "ok",
         "epochs": trainer.current_epoch,

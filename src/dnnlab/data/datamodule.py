@@ -202,6 +202,12 @@ class IdxDataModule(L.LightningDataModule):
         return TensorBatches(x, y, batch_size, order, steps_per_block)
 
     def train_dataloader(self) -> TensorBatches:
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and self.steps_per_block > 1:
+            raise ConfigError(
+                f"data.steps_per_block={self.steps_per_block} must be 1 with {trainer.world_size} "
+                "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
+            )
         return self._loader(
             "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
         )
