@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from hydra import compose, initialize_config_dir
 
 from conftest import QUICK, ROOT, requires_fashion
+from dnnlab.config import CONFIG_DIR
 from dnnlab.report import write_report
 
 
@@ -51,3 +54,44 @@ def test_multirun_writes_a_report_and_keeps_failed_members(tmp_path: Path) -> No
     assert rows[0]["runs"] == "1" and "failed: 1: loss became NaN at step 12" in rows[0]["status"]
     assert rows[1]["status"] == "ok" and rows[1]["runs"] == "2"
     assert "4 runs, 1 failed" in (sweep / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+    ],
+)
+def test_parallel_and_slurm_launchers_compose(launcher: str, target: str) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_optuna_search_runs_trials_and_maximizes(tmp_path: Path) -> None:
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    args = [
+        *QUICK,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=1",
+        "test=false",
+        "trainer.limit_train_batches=2",
+    ]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "optuna").iterdir()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna" and 0.1 < best["best_value"] <= 1.0
+    assert {"optimizer.lr", "data.batch_size", "model.activation"} == set(best["best_params"])
