@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,3 +66,16 @@ requires_fashion = pytest.mark.skipif(
     not (FASHION_DIR / SPLIT_FILES["train_images"]).exists() and not os.environ.get("CI"),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
+
+
+def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
+    """Run ``train.py``/``eval.py`` as a user would, with data and logs under ``tmp_path``."""
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

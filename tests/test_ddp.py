@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import QUICK, ROOT, requires_fashion
+from conftest import QUICK, requires_fashion, run_script
 from dnnlab.config import compose_config
 from dnnlab.module import Classifier
 from dnnlab.training import build_datamodule
@@ -20,7 +17,6 @@ from dnnlab.training import build_datamodule
 @pytest.mark.slow
 @requires_fashion
 def test_two_process_cpu_ddp(tmp_path: Path) -> None:
-    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
     overrides = [
         *QUICK,
         "trainer=ddp",
@@ -31,14 +27,7 @@ def test_two_process_cpu_ddp(tmp_path: Path) -> None:
         "trainer.max_epochs=1",
         "test=false",
     ]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_script(tmp_path, "train.py", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (tmp_path / "logs" / "runs" / "default").iterdir()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import ROOT, requires_fashion
+from conftest import requires_fashion, run_script
 from dnnlab.errors import ConfigError
 from dnnlab.evaluation import (
     entropy,
@@ -89,14 +86,7 @@ def test_eval_py_evaluates_a_saved_run_from_its_checkpoint(make_config, tmp_path
     # .hydra/config.yaml is written by Hydra for real runs; here write the composed config.
     (ckpt.parent.parent / ".hydra").mkdir()
     (ckpt.parent.parent / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "eval.py"), f"ckpt_path={ckpt}", f"paths.root_dir={tmp_path}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
+    result = run_script(tmp_path, "eval.py", f"ckpt_path={ckpt}")
     assert result.returncode == 0, result.stderr[-2000:]
     (out,) = (tmp_path / "logs" / "evals").iterdir()
     rows = list(csv.DictReader((out / "predictions.csv").open()))
@@ -104,17 +94,5 @@ def test_eval_py_evaluates_a_saved_run_from_its_checkpoint(make_config, tmp_path
     metrics = json.loads((out / "evaluation.json").read_text())
     assert metrics["test/acc"] == pytest.approx(metrics["plain/acc"], abs=1e-6)
     assert metrics["plain/acc"] > 0.6
-    bad = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "eval.py"),
-            f"ckpt_path={tmp_path}/nothing.ckpt",
-            f"paths.root_dir={tmp_path}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
-    )
+    bad = run_script(tmp_path, "eval.py", f"ckpt_path={tmp_path}/nothing.ckpt")
     assert bad.returncode == 2 and "is not a file" in bad.stderr

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from conftest import QUICK, ROOT, requires_fashion
+from conftest import QUICK, requires_fashion, run_script
 from dnnlab.config import CONFIG_DIR
 from dnnlab.report import write_report
 
@@ -20,7 +17,6 @@ from dnnlab.report import write_report
 @pytest.mark.slow
 @requires_fashion
 def test_multirun_writes_a_report_and_keeps_failed_members(tmp_path: Path) -> None:
-    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
     sweep_args = [
         *QUICK,
         "trainer.max_epochs=2",
@@ -28,14 +24,7 @@ def test_multirun_writes_a_report_and_keeps_failed_members(tmp_path: Path) -> No
         "model.activation=relu,elu",
         "seed=1,2",
     ]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "-m", *sweep_args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_script(tmp_path, "train.py", "-m", *sweep_args)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
     rows = list(csv.DictReader((sweep / "report.csv").open()))
@@ -73,7 +62,6 @@ def test_parallel_and_slurm_launchers_compose(launcher: str, target: str) -> Non
 @pytest.mark.slow
 @requires_fashion
 def test_optuna_search_runs_trials_and_maximizes(tmp_path: Path) -> None:
-    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
     quick = [o for o in QUICK if not o.startswith("optimizer.lr")]  # the search sets lr
     args = [
         *quick,
@@ -83,14 +71,7 @@ def test_optuna_search_runs_trials_and_maximizes(tmp_path: Path) -> None:
         "test=false",
         "trainer.limit_train_batches=2",
     ]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_script(tmp_path, "train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "multiruns" / "optuna").iterdir()
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
