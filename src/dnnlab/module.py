@@ -20,7 +20,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -28,6 +27,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dnnlab.models import build_mlp
+from dnnlab.optimizers import build_optimizer
+from dnnlab.schedules import build_schedule
 
 Batch = tuple[Tensor, Tensor]
 
@@ -125,10 +126,10 @@ class Classifier(L.LightningModule):
             optimizer.step()
             step += 1
             self.train_totals.update(loss, logits, y)
+            if step % log_every == 0:  # before the schedule moves: the LR this step used
+                self._log_training_step(optimizer, step)
             if per_step:
                 self._step_schedulers(per_step, step)
-            if step % log_every == 0:
-                self._log_training_step(optimizer, step)
         self.train_totals.flush()
 
     def _log_training_step(self, optimizer: Any, step: int) -> None:
@@ -202,10 +203,10 @@ class Classifier(L.LightningModule):
         return self(batch[0]).softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = build_optimizer(self.hparams.optimizer, self.parameters())
         scheduler = self.hparams.scheduler
         if not scheduler:
             return optimizer
-        schedule = instantiate(scheduler["schedule"], optimizer=optimizer)
+        schedule = build_schedule(scheduler, optimizer, self.trainer)
         settings = {k: scheduler[k] for k in ("interval", "frequency", "monitor") if k in scheduler}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, **settings}}
