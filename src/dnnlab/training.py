@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,19 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
-    """Fit, then test the best checkpoint; returns the final metrics as plain floats."""
+    """Fit, then test the best checkpoint; returns the final metrics as plain floats.
+
+    With ``tune.lr_find=true`` the LR range test runs first; without ``tune.use_for`` it only
+    reports its suggestion (the book: find the rate, then train with it).
+    """
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, extra_callbacks)
+    if cfg.get("tune") and cfg.tune.lr_find:
+        suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
+        if not cfg.tune.use_for:  # find only; the printed override trains with it
+            return {"lr_find/suggestion": suggestion}
     for lg in trainer.loggers:
         lg.log_hyperparams(plain(cfg))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
