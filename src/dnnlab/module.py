@@ -166,7 +166,8 @@ class Classifier(L.LightningModule):
             if count % config.frequency:
                 continue
             if isinstance(config.scheduler, ReduceLROnPlateau):
-                value = self.trainer.callback_metrics.get(config.monitor)
+                # Lightning drops ``monitor`` from the configs under manual optimization.
+                value = self.trainer.callback_metrics.get(self.hparams.scheduler["monitor"])
                 if value is not None:
                     config.scheduler.step(value)
             else:
@@ -208,5 +209,5 @@ class Classifier(L.LightningModule):
         if not scheduler:
             return optimizer
         schedule = build_schedule(scheduler, optimizer, self.trainer)
-        settings = {k: scheduler[k] for k in ("interval", "frequency", "monitor") if k in scheduler}
+        settings = {k: scheduler[k] for k in ("interval", "frequency") if k in scheduler}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, **settings}}

@@ -221,20 +221,21 @@ def run_length(trainer: Any, interval: str) -> int:
 
 
 def check_scheduler(node: Mapping[str, Any]) -> None:
-    """The settings around the schedule: interval, frequency, and the monitored metric."""
+    """The settings around the schedule: when it steps."""
     lookup(dict.fromkeys(INTERVALS), "scheduler.interval", node.get("interval", "epoch"))
     frequency = node.get("frequency", 1)
     if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
         raise ConfigError(f"scheduler.frequency={frequency!r} must be a positive integer")
-    schedule = node.get("schedule") or {}
-    if "mode" in schedule:  # a plateau schedule watches a metric
-        monitor = node.get("monitor")
-        lookup(MONITOR_MODES, "scheduler.monitor", monitor)
-        if schedule["mode"] != MONITOR_MODES[monitor]:
-            raise ConfigError(
-                f"{KEY}.mode={schedule['mode']!r} does not fit scheduler.monitor={monitor!r} "
-                f"(better is {MONITOR_MODES[monitor]})"
-            )
+
+
+def check_monitor(monitor: Any, mode: str) -> None:
+    """A plateau schedule must watch a metric the module logs, in the direction that is better."""
+    lookup(MONITOR_MODES, "scheduler.monitor", monitor)
+    if mode != MONITOR_MODES[monitor]:
+        raise ConfigError(
+            f"{KEY}.mode={mode!r} does not fit scheduler.monitor={monitor!r} "
+            f"(better is {MONITOR_MODES[monitor]})"
+        )
 
 
 def build_schedule(node: Mapping[str, Any], optimizer: Optimizer, trainer: Any) -> LRScheduler:
@@ -243,4 +244,7 @@ def build_schedule(node: Mapping[str, Any], optimizer: Optimizer, trainer: Any) 
     schedule = dict(node["schedule"])
     if "total_steps" in schedule and schedule["total_steps"] is None:
         schedule["total_steps"] = run_length(trainer, node.get("interval", "epoch"))
-    return build(schedule, KEY, optimizer=optimizer)
+    built = build(schedule, KEY, optimizer=optimizer)
+    if isinstance(built, ReduceLROnPlateau):
+        check_monitor(node.get("monitor"), built.mode)
+    return built
