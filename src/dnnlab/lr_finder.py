@@ -214,6 +214,12 @@ def tune_learning_rate(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure("lr_find", figure, global_step=0, close=False)
         logger.log_metrics({"lr_find/suggestion": result.suggestion}, step=0)
+        # On disk now, even when no training follows (TensorBoard's save() would also freeze
+        # its hparams file before the run's hyperparameters are logged).
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.flush()
+        else:
+            logger.save()
 
     use_for = tune["use_for"]
     key = TARGET_KEYS[
