@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import shlex
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +172,7 @@ def override_line(key: str, value: float) -> str:
     if HydraConfig.initialized():
         given = [o for o in HydraConfig.get().overrides.task if not o.startswith("tune.")]
         given = [o for o in given if not o.startswith(f"{key}=")]
-    return " ".join(["python train.py", *given, f"{key}={value:g}"])
+    return " ".join(["python train.py", *map(shlex.quote, given), f"{key}={value:g}"])
 
 
 def set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
