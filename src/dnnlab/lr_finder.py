@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from dnnlab.data.batches import EpochOrder
 from dnnlab.errors import ConfigError, lookup
 from dnnlab.optimizers import build_optimizer
 
@@ -194,6 +195,11 @@ def tune_learning_rate(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
+    if isinstance(loader.sampler, EpochOrder):
+        # The whole training set in the seed's order, not this process's shard: every DDP
+        # process then finds the same learning rate.
+        order = loader.sampler
+        loader.sampler = EpochOrder(order.size, order.shuffle, order.seed)
     model.to(trainer.strategy.root_device)
     optimizer = build_optimizer(model.hparams.optimizer, model.parameters())
     result = lr_range_test(

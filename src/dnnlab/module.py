@@ -27,8 +27,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dnnlab.models import build_mlp
-from dnnlab.optimizers import build_optimizer
-from dnnlab.schedules import build_schedule
+from dnnlab.optimizers import build_optimizer, check_optimizer
+from dnnlab.schedules import build_schedule, check_scheduler
 
 Batch = tuple[Tensor, Tensor]
 
@@ -92,6 +92,9 @@ class Classifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer(optimizer)  # fail before any data is loaded; built in configure_optimizers
+        if scheduler:
+            check_scheduler(scheduler)
         self.automatic_optimization = False
         self.net = build_mlp(math.prod(input_shape), num_classes, **model)
         accuracy = {"num_classes": num_classes, "average": "micro", "validate_args": False}
