@@ -30,8 +30,6 @@ QUICK = [
     "trainer.limit_test_batches=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
     "data.download=false",
     "optimizer.lr=0.05",
 ]

@@ -201,7 +201,8 @@ def tune_learning_rate(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
         order = loader.sampler
         loader.sampler = EpochOrder(order.size, order.shuffle, order.seed)
     model.to(trainer.strategy.root_device)
-    optimizer = build_optimizer(model.hparams.optimizer, model.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]  # as configure_optimizers
+    optimizer = build_optimizer(model.hparams.optimizer, trainable)
     result = lr_range_test(
         model,
         optimizer,

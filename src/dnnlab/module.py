@@ -207,7 +207,9 @@ class Classifier(L.LightningModule):
         return self(batch[0]).softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.hparams.optimizer, self.parameters())
+        # Only trainable parameters: frozen (transferred) layers join later as a new param group.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(self.hparams.optimizer, trainable)
         scheduler = self.hparams.scheduler
         if not scheduler:
             return optimizer
