@@ -82,14 +82,14 @@ def test_bad_optimizer_and_schedule_values_are_one_line(
 @pytest.mark.slow
 @requires_fashion
 def test_lr_find_prints_the_command_that_trains_with_its_suggestion(tmp_path: Path) -> None:
-    result = train(tmp_path, *QUICK, "optimizer=nadam", "tune.lr_find=true", "tune.num_steps=150")
+    finder = ["tune.lr_find=true", "tune.num_steps=150"]
+    result = train(tmp_path, *QUICK, "optimizer=nadam", "model.hidden=[50]", *finder)
     assert result.returncode == 0, result.stderr[-3000:]
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("train with it: ")]
-    command = shlex.split(line.removeprefix("train with it: "))
+    command = shlex.split(line.removeprefix("train with it: "))  # as the shell reads it
     assert command[:2] == ["python", "train.py"] and "optimizer=nadam" in command
-    assert not any(c.startswith("tune.") for c in command) and command[-1].startswith(
-        "optimizer.lr="
-    )
+    assert "model.hidden=[50]" in command and not any(c.startswith("tune.") for c in command)
+    assert command[-1].startswith("optimizer.lr=")
     assert 1e-5 <= float(command[-1].split("=")[1]) <= 10
     (run,) = (tmp_path / "logs" / "runs" / "default").iterdir()
     assert (run / "lr_find.png").exists()
