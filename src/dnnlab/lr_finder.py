@@ -100,6 +100,8 @@ def lr_range_test(
         raise ConfigError("tune.lr_find: the training data gave no batch to test")
     usable = smoothed[:-1] if diverged_lr is not None and len(smoothed) > 1 else smoothed
     best = min(range(len(usable)), key=usable.__getitem__)
+    if best == 0:
+        log.warning("LR finder: the loss never fell; try a lower tune.min_lr")
     suggestion = max(float(f"{lrs[best] * suggest_fraction:.2g}"), min_lr)
     return RangeTest(lrs, losses, smoothed, lrs[best], suggestion, diverged_lr)
 
@@ -121,7 +123,9 @@ def plot_range_test(result: RangeTest) -> Figure:
             result.diverged_lr, color="tab:red", ls=":", label=f"diverged {result.diverged_lr:.2g}"
         )
     finite = [v for v in result.smoothed if math.isfinite(v)]
-    ax.set_ylim(0.9 * min(finite), 1.3 * max(finite[0], result.losses[0]))
+    if finite:  # cut the explosion off: the interesting part is the descent
+        start = result.losses[0] if math.isfinite(result.losses[0]) else finite[0]
+        ax.set_ylim(0.9 * min(finite), 1.3 * max(finite[0], start))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
@@ -177,6 +181,7 @@ def override_line(key: str, value: float) -> str:
 
 
 def set_key(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """``tree[a][b][c] = value`` for ``dotted`` = ``a.b.c`` (the module's plain hparams)."""
     *parents, leaf = dotted.split(".")
     for name in parents:
         tree = tree[name]
@@ -219,12 +224,11 @@ def tune_learning_rate(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure("lr_find", figure, global_step=0, close=False)
         logger.log_metrics({"lr_find/suggestion": result.suggestion}, step=0)
         # On disk now, even when no training follows (TensorBoard's save() would also freeze
         # its hparams file before the run's hyperparameters are logged).
         if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure("lr_find", figure, global_step=0, close=False)
             logger.experiment.flush()
         else:
             logger.save()
