@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.evaluation import evaluate_split
+from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
 
@@ -67,12 +68,22 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
-    """Fit, then test the best checkpoint; returns the final metrics as plain floats."""
+    """Fit, then test the best checkpoint; returns the final metrics as plain floats.
+
+    With ``tune.lr_find=true`` the LR range test runs first; without ``tune.use_for`` it only
+    reports its suggestion (the book: find the rate, then train with it).
+    """
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"))])
+    if cfg.get("tune") and cfg.tune.lr_find:
+        suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
+        if not cfg.tune.use_for:  # find only; the printed override trains with it
+            metrics = {"lr_find/suggestion": suggestion}
+            write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+            return metrics
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
