@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ def build_rows(members: list[Member]) -> tuple[list[str], list[list[str]]]:
 def val_curves(member: Member) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its file-by-file chatter
     events = EventAccumulator(str(member.folder), size_guidance={"scalars": 0})
     events.Reload()
     if "val/acc" not in events.Tags().get("scalars", []):
