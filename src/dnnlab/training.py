@@ -13,6 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.module import Classifier
+from dnnlab.resume import resolve_ckpt_path
+from dnnlab.validation import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +59,15 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
     """Fit, then test the best checkpoint; returns the final metrics as plain floats."""
+    check_ranges(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, extra_callbacks)
     for lg in trainer.loggers:
         lg.log_hyperparams(plain(cfg))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
