@@ -91,17 +91,22 @@ class DivergenceMonitor(Callback):
     def _describe(
         self, trainer: L.Trainer, step: int, loss: Tensor, grads: Tensor | None, index: int
     ) -> str:
-        parts = [f"training diverged at optimizer step {step} (epoch {trainer.current_epoch})"]
-        parts.append(f"loss {loss.item():g}")
-        if grads is not None and bool(grads[index].any()):
+        where = f"training diverged at optimizer step {step} (epoch {trainer.current_epoch})"
+        if not bool(torch.isfinite(loss)):
+            # Every earlier step, this one's gradients included, was checked and finite.
+            what = (
+                f"the loss is {loss.item():g}: the weights went non-finite in the update of "
+                f"step {step - 1}, whose loss and gradients were still finite"
+            )
+        else:
+            assert grads is not None
             flagged = [n for n, b in zip(self._names, grads[index].tolist(), strict=True) if b]
             # Backpropagation runs from the output: the last flagged tensor went first.
-            parts.append(
-                f"first non-finite gradient: {flagged[-1]} "
+            what = (
+                f"loss {loss.item():g}, but the gradient of {flagged[-1]} went non-finite first "
                 f"({len(flagged)} of {len(self._names)} parameter tensors)"
             )
-        parts.append(last_good(trainer))
-        return "; ".join(parts) + f"; {HINT}"
+        return f"{where}: {what}; {last_good(trainer)}; {HINT}"
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
