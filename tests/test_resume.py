@@ -122,6 +122,7 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights_and_metrics(tmp_path: 
     (folder,) = (tmp_path / "logs" / "runs" / "default").iterdir()
     assert torch.load(folder / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 224
     assert not list(folder.glob("checkpoints/.*")), "no temporary checkpoint file is left"
+    before = {p.name: p.stat().st_mtime_ns for p in (folder / "checkpoints").iterdir()}
 
     resumed = compose_config(
         [*RESUMABLE, "ckpt_path=last", f"paths.log_dir={tmp_path / 'logs'}"],
@@ -133,4 +134,5 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights_and_metrics(tmp_path: 
     want = weights(tmp_path / "uninterrupted" / "checkpoints" / "last.ckpt")
     have = weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert all(torch.equal(want[k], have[k]) for k in want)
-    assert (folder / "checkpoints" / "last.ckpt").exists(), "the killed run's folder is kept"
+    after = {p.name: p.stat().st_mtime_ns for p in (folder / "checkpoints").iterdir()}
+    assert after == before, "the killed run's folder is left as it was"
