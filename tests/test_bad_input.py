@@ -161,3 +161,21 @@ def test_a_failed_sweep_member_does_not_stop_the_others(
     assert "optimizer.lr=-1 is out of range" in (failed / cli.FAILED_FILE).read_text()
     assert f"error: {failed}: optimizer.lr=-1 is out of range" in err
     assert (done / "checkpoints" / "last.ckpt").exists() and not (done / cli.FAILED_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -> None:
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=-1,-2"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
+    assert all((sweep / n / cli.FAILED_FILE).exists() for n in "01")

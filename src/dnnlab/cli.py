@@ -44,6 +44,14 @@ FAILED_FILE = "FAILED"  # written into a run folder whose job stopped with an er
 FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
+class JobFailed(Exception):
+    """A job's error in a launcher's worker process, already reported there: the exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message, exit_code)  # both in args: the exception pickles back
+        self.exit_code = exit_code
+
+
 def one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -145,13 +153,15 @@ def report_failure(cfg: DictConfig, message: str) -> None:
 
 failed_jobs: list[int] = []  # exit codes of this process's failed jobs
 show_tracebacks = False  # HYDRA_FULL_ERROR=1: let every error through with its traceback
+MAIN_PID = "DNNLAB_MAIN_PID"  # entry_point's process, inherited by a launcher's workers
 
 
 def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any]) -> Any:
     """Run one job; a user error or divergence is reported, recorded, and the job returns None.
 
     Returning rather than raising keeps Hydra from printing its own report and lets a sweep's
-    launcher go on with the next member.
+    launcher go on with the next member. In a launcher's worker process (e.g. joblib) the job
+    raises :class:`JobFailed` instead, so that its failure reaches the main process's exit code.
     """
     try:
         check_command_line(cfg)
@@ -161,6 +171,8 @@ def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any]) -> Any:
         if message is None or show_tracebacks:
             raise
         report_failure(cfg, message)
+        if os.environ.get(MAIN_PID, str(os.getpid())) != str(os.getpid()):
+            raise JobFailed(message, exit_code(err)) from None
         failed_jobs.append(exit_code(err))
         return None
 
@@ -168,11 +180,14 @@ def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any]) -> Any:
 def entry_point(hydra_main: Callable[[], Any]) -> int:
     """Call a ``@hydra.main`` function; the process's exit code, every user error in one line."""
     global show_tracebacks
+    os.environ[MAIN_PID] = str(os.getpid())
     previous = os.environ.get(FULL_ERROR)
     show_tracebacks = previous == "1"
     os.environ[FULL_ERROR] = "1"  # Hydra re-raises instead of printing its own report
     try:
         hydra_main()
+    except JobFailed as err:  # reported by the worker that ran the job
+        return err.exit_code
     except Exception as err:
         message = user_message(err)
         if message is None or show_tracebacks:
@@ -180,6 +195,7 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
         print(f"error: {message}", file=sys.stderr)
         return exit_code(err)
     finally:
+        os.environ.pop(MAIN_PID, None)
         if previous is None:
             os.environ.pop(FULL_ERROR, None)
         else:
