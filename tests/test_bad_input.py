@@ -16,10 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import QUICK, ROOT, requires_fashion, write_idx_dataset
 from dnnlab import cli
 from dnnlab.data.idx import encode_idx
+from dnnlab.errors import ConfigError
+from dnnlab.validation import check_ranges
 
 spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
 train_script = importlib.util.module_from_spec(spec)
@@ -179,3 +182,25 @@ def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -
     assert result.returncode == 2, result.stderr[-2000:]
     (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
     assert all((sweep / n / cli.FAILED_FILE).exists() for n in "01")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("model.dropout", 0.5, True),
+        ("model.dropout", 1.0, False),
+        ("model.alpha_dropout", -0.1, False),
+        ("regularization.dropout.rate", 1.5, False),
+        ("mc_dropout.samples", 100, True),  # a count, not a rate
+        ("optimizer.lr", 0.0, True),
+        ("optimizer.weight_decay", -1e-4, False),
+    ],
+)
+def test_range_rules_match_rates_only(key: str, value: float, ok: bool) -> None:
+    cfg = OmegaConf.create()
+    OmegaConf.update(cfg, key, value)
+    if ok:
+        check_ranges(cfg)
+    else:
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}={value} is out of range"):
+            check_ranges(cfg)

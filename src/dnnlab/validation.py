@@ -27,7 +27,10 @@ RANGE_RULES: dict[str, Rule] = {
     "optimizer.weight_decay": (lambda v: v >= 0, "a weight decay >= 0"),
     "optimizer.eps": (lambda v: v >= 0, "an epsilon >= 0"),
     "optimizer.dampening": (lambda v: v >= 0, "a dampening >= 0"),
-    "*dropout*": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
+    "*dropout": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),  # model.alpha_dropout too
+    "*dropout_rate": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
+    "*dropout.rate": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
+    "*dropout.p": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
     "*.l1": (lambda v: v >= 0, "a penalty factor >= 0"),
     "*.l2": (lambda v: v >= 0, "a penalty factor >= 0"),
 }
