@@ -12,30 +12,26 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.errors import DnnlabError
+from dnnlab.cli import entry_point, run_job
 from dnnlab.evaluation import evaluate_checkpoint
 
 log = logging.getLogger("dnnlab")
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    try:
-        metrics = evaluate_checkpoint(
-            cfg.ckpt_path,
-            cfg.paths.output_dir,
-            cfg.split,
-            cfg.mc_dropout.samples,
-            cfg.mc_dropout.seed,
-        )
-    except DnnlabError as err:
-        log.error(str(err))
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    metrics = evaluate_checkpoint(
+        cfg.ckpt_path, cfg.paths.output_dir, cfg.split, cfg.mc_dropout.samples, cfg.mc_dropout.seed
+    )
     for key, value in metrics.items():
         log.info("%s: %.4f", key, value)
     log.info("predictions and metrics written to %s", cfg.paths.output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_job(cfg, evaluate)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main))

@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.errors import DnnlabError
+from dnnlab.cli import entry_point, run_job
 from dnnlab.training import run
-
-log = logging.getLogger("dnnlab")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except DnnlabError as err:
-        log.error(str(err))
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    return metrics.get(cfg.optimized_metric) if cfg.get("optimized_metric") else None
+    metrics = run_job(cfg, run)  # None after a user error: reported in one line, sweep goes on
+    return metrics.get(cfg.optimized_metric) if metrics and cfg.get("optimized_metric") else None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(entry_point(main))

@@ -10,6 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from conftest import QUICK, requires_fashion, run_script
+from dnnlab.cli import FAILED_FILE
 from dnnlab.config import CONFIG_DIR
 from dnnlab.report import write_report
 
@@ -37,7 +38,7 @@ def test_multirun_writes_a_report_and_keeps_failed_members(tmp_path: Path) -> No
     # A member that died (no metrics.json) is reported as failed; the others keep their rows.
     dead = sweep / "1"
     (dead / "metrics.json").unlink()
-    (dead / "error.txt").write_text("loss became NaN at step 12\n")
+    (dead / FAILED_FILE).write_text("loss became NaN at step 12\n")
     write_report(sweep)
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert rows[0]["runs"] == "1" and "failed: 1: loss became NaN at step 12" in rows[0]["status"]

@@ -11,6 +11,8 @@ T = TypeVar("T")
 class DnnlabError(Exception):
     """Base class: the message alone tells the user what is wrong and what is valid."""
 
+    exit_code = 2  # train.py's exit status for this kind of error
+
 
 class ConfigError(DnnlabError, ValueError):
     """A config value is unknown or out of range."""
@@ -18,6 +20,12 @@ class ConfigError(DnnlabError, ValueError):
 
 class DataError(DnnlabError):
     """Data files are missing, truncated or fail their checksum."""
+
+
+class TrainingDiverged(DnnlabError):
+    """The loss or a gradient went NaN/inf: not bad input, but a run that cannot go on."""
+
+    exit_code = 3
 
 
 def invalid_choice(key: str, value: object, choices: Iterable[str]) -> ConfigError:

@@ -69,6 +69,15 @@ class TrainingTotals(nn.Module):
         self._logged = now
         return loss / max(count, 1), correct / max(count, 1)
 
+    def state(self) -> list[float]:
+        """Sums and last-read sums as plain floats, for a checkpoint taken mid-epoch."""
+        self.flush()
+        return [*self.sums.tolist(), *self._logged]
+
+    def load_state(self, values: Sequence[float]) -> None:
+        self.sums.copy_(torch.tensor(values[:3], dtype=torch.float64))
+        self._logged = tuple(values[3:6])
+
     def compute_and_reset(self) -> tuple[Tensor, Tensor]:
         """Mean loss and accuracy of the epoch, as tensors for ``self.log(sync_dist=True)``."""
         self.flush()
@@ -189,7 +198,21 @@ class Classifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         # The sanity check's few batches must not count towards the best validation accuracy.
-        self.val_acc_best.reset()
+        if self.global_step == 0:  # a resumed run keeps the best score of its checkpoint
+            self.val_acc_best.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A run resumed mid-epoch needs the epoch's running sums and the best score (plain floats).
+        best = self.val_acc_best.max_value.item()
+        checkpoint["running_state"] = {
+            "train_totals": self.train_totals.state(),
+            "val_acc_best": best,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if state := checkpoint.get("running_state"):
+            self.train_totals.load_state(state["train_totals"])
+            self.val_acc_best.max_value.fill_(state["val_acc_best"])
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_loss, self.val_acc, "val")

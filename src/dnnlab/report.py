@@ -17,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from dnnlab.cli import FAILED_FILE
+
 COLUMNS = {  # report column -> key in metrics.json's metrics
     "val_acc_best": "val/acc_best",
     "val_acc": "val/acc",
@@ -49,7 +51,7 @@ def _overrides(folder: Path) -> dict[str, str]:
 
 def _failure(folder: Path) -> str:
     """The run's own one-line reason if it left one, else the last error line of its log."""
-    reason = folder / "error.txt"
+    reason = folder / FAILED_FILE
     if reason.exists():
         return reason.read_text().strip().splitlines()[0]
     log = folder / "train.log"

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from dnnlab.evaluation import evaluate_split
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
+from dnnlab.resume import resolve_ckpt_path
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
+from dnnlab.validation import check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     reports its suggestion (the book: find the rate, then train with it).
     """
     started = time.perf_counter()
+    check_ranges(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
@@ -84,7 +88,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             metrics = {"lr_find/suggestion": suggestion}
             write_summary(cfg, trainer, metrics, time.perf_counter() - started)
             return metrics
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback

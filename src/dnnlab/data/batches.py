@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dnnlab.errors import ConfigError
+
 
 class EpochOrder:
     """Index order of one epoch: a seeded permutation (or none), sharded across DDP ranks.
@@ -52,6 +54,11 @@ class TensorBatches:
 
     With ``steps_per_block`` set, each item is a list of that many consecutive batches (the last
     one shorter): a training block that the module runs as that many optimizer steps.
+
+    Stateful: Lightning stores ``state_dict()`` (epoch and items handed out) in every checkpoint
+    and calls ``load_state_dict`` before iterating again, so a run resumed mid-epoch goes on with
+    the next block of the same order. The count is taken as an item is handed out, which is when
+    it is trained on: Lightning does not prefetch from a loader with a length.
     """
 
     batch_sampler = None  # read by Lightning's loader checks; batching is done here
@@ -73,6 +80,8 @@ class TensorBatches:
             sampler,
         )
         self.steps_per_block = steps_per_block
+        self.handed_out = 0  # items yielded in the current pass
+        self._resume_at: tuple[int, int] | None = None  # (epoch, items to skip) from a checkpoint
 
     @property
     def num_batches(self) -> int:
@@ -83,26 +92,54 @@ class TensorBatches:
             return self.num_batches
         return -(-self.num_batches // self.steps_per_block)
 
-    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """The epoch's mini-batches one by one, ignoring blocks."""
+    def batches(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The epoch's mini-batches one by one, ignoring blocks, after the first ``skip``."""
         x, y, size = self.images, self.labels, self.batch_size
         order = self.sampler.indices(x.device)
         if order is None:
-            for start in range(0, len(x), size):
+            for start in range(skip * size, len(x), size):
                 yield x[start : start + size], y[start : start + size]
         else:
-            for index in order.split(size):
+            for index in order[skip * size :].split(size):
                 yield x[index], y[index]
 
-    def __iter__(self) -> Iterator[Any]:
+    def items(self, skip: int = 0) -> Iterator[Any]:
+        """Batches, or blocks of ``steps_per_block`` batches, after the first ``skip`` items."""
         if self.steps_per_block is None:
-            yield from self.batches()
+            yield from self.batches(skip)
             return
         block: list[tuple[Tensor, Tensor]] = []
-        for batch in self.batches():
+        for batch in self.batches(skip * self.steps_per_block):
             block.append(batch)
             if len(block) == self.steps_per_block:
                 yield block
                 block = []
         if block:
             yield block
+
+    def __iter__(self) -> Iterator[Any]:
+        resume, self._resume_at = self._resume_at, None
+        skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
+        self.handed_out = skip
+        for item in self.items(skip):
+            self.handed_out += 1
+            yield item
+
+    def state_dict(self) -> dict[str, int]:
+        return {
+            "epoch": self.sampler.epoch,
+            "handed_out": self.handed_out,
+            "batch_size": self.batch_size,
+            "steps_per_block": self.steps_per_block or 0,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        layout = {"batch_size": self.batch_size, "steps_per_block": self.steps_per_block or 0}
+        saved = {key: state.get(key, value) for key, value in layout.items()}
+        if saved != layout:
+            raise ConfigError(
+                f"the checkpoint was written with data.batch_size={saved['batch_size']} and "
+                f"data.steps_per_block={saved['steps_per_block']}; resume it with the same"
+            )
+        self.sampler.set_epoch(state["epoch"])
+        self._resume_at = (state["epoch"], state["handed_out"])

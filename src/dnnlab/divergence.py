@@ -1,0 +1,138 @@
+"""Stop a run whose loss or gradients went NaN/inf, saying where, and keep the last good checkpoint.
+
+Each optimizer step only stacks its loss and one sum per parameter tensor on the device (a sum is
+non-finite exactly when the tensor holds a NaN or an inf, or overflows); the check, the one host
+sync, runs once per Lightning batch (a block of ``data.steps_per_block`` steps) in
+``on_train_batch_end``, which Lightning calls before any ``ModelCheckpoint`` hook. A checkpoint is
+therefore only written after its steps were checked, and ``on_save_checkpoint`` refuses one whose
+weights are not finite: ``last.ckpt`` stays the last good state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import Tensor
+
+from dnnlab.errors import TrainingDiverged
+
+HINT = (
+    "try a lower optimizer.lr, gradient clipping, or an initialization that suits the "
+    "activation (model.init=auto)"
+)
+
+
+class DivergenceMonitor(Callback):
+    """Raise :class:`TrainingDiverged` at the first block with a non-finite loss or gradient."""
+
+    def __init__(self, check_gradients: bool = True) -> None:
+        self.check_gradients = check_gradients
+        self._names: list[str] = []
+        self._params: list[Tensor] = []
+        self._losses: list[Tensor] = []
+        self._grad_sums: list[Tensor] = []
+        self._first_step = 0
+        self._gradients_on = check_gradients
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
+        self._names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        # Under a loss scaler (16-bit mixed precision) inf gradients are expected and skipped.
+        self._gradients_on = (
+            self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None
+        )
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._first_step = trainer.global_step + 1
+        self._losses.clear()
+        self._grad_sums.clear()
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
+    ) -> None:
+        self._losses.append(loss.detach())
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._gradients_on:
+            sums = [p.grad.sum() for p in self._params if p.grad is not None]
+            if len(sums) == len(self._params):
+                self._grad_sums.append(torch.stack(sums))
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self._losses:
+            return
+        losses = torch.stack(self._losses).float()
+        bad = ~torch.isfinite(losses)
+        grads = None
+        if len(self._grad_sums) == len(self._losses):
+            grads = ~torch.isfinite(torch.stack(self._grad_sums).float())
+            bad = bad | grads.any(dim=1)
+        if not bool(bad.any()):  # the block's one host sync
+            return
+        index = int(bad.nonzero()[0])
+        raise TrainingDiverged(
+            self._describe(trainer, self._first_step + index, losses[index], grads, index)
+        )
+
+    def _describe(
+        self, trainer: L.Trainer, step: int, loss: Tensor, grads: Tensor | None, index: int
+    ) -> str:
+        where = f"training diverged at optimizer step {step} (epoch {trainer.current_epoch})"
+        if not bool(torch.isfinite(loss)):
+            # Every earlier step, this one's gradients included, was checked and finite.
+            what = (
+                f"the loss is {loss.item():g}: the weights went non-finite in the update of "
+                f"step {step - 1}, whose loss and gradients were still finite"
+            )
+        else:
+            assert grads is not None
+            flagged = [n for n, b in zip(self._names, grads[index].tolist(), strict=True) if b]
+            # Backpropagation runs from the output: the last flagged tensor went first.
+            what = (
+                f"loss {loss.item():g}, but the gradient of {flagged[-1]} went non-finite first "
+                f"({len(flagged)} of {len(self._names)} parameter tensors)"
+            )
+        return f"{where}: {what}; {last_good(trainer)}; {HINT}"
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        bad = [
+            name
+            for name, value in checkpoint.get("state_dict", {}).items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())
+        ]
+        if bad:
+            raise TrainingDiverged(
+                f"training diverged by optimizer step {trainer.global_step}: weights {bad[0]} "
+                f"are not finite, checkpoint not written; {last_good(trainer)}; {HINT}"
+            )
+
+
+def last_good(trainer: L.Trainer) -> str:
+    """Where the newest checkpoint written before the divergence lies."""
+    paths = [
+        Path(path)
+        for callback in trainer.checkpoint_callbacks
+        if isinstance(callback, ModelCheckpoint)
+        for path in (callback.last_model_path, callback.best_model_path)
+        if path and Path(path).is_file()
+    ]
+    if not paths:
+        return "no checkpoint was written before"
+    newest = max(paths, key=lambda p: p.stat().st_mtime_ns)
+    return f"last good checkpoint: {newest}"

@@ -1,0 +1,36 @@
+"""A test-only callback that SIGKILLs its own process: an interruption no handler can soften.
+
+Injected from the command line: ``+callbacks.killer._target_=killer.KillAfterSteps
++callbacks.killer.step=N`` with ``tests/`` on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAfterSteps(Callback):
+    """Kill the process at the first Lightning batch end at or past optimizer step ``step``.
+
+    Lightning runs checkpoint callbacks after all others, so the block that reaches ``step`` is
+    never checkpointed: the resumed run must redo it.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

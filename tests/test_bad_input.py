@@ -1,0 +1,206 @@
+"""Every kind of bad input: one ``error:`` line naming key, value and valid choices, exit code 2.
+
+Each case runs ``train.py``'s entry point in this process (as ``python train.py ...`` would, with
+the same argument parsing, Hydra composition and job) and fails before any training step.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import QUICK, ROOT, requires_fashion, write_idx_dataset
+from dnnlab import cli
+from dnnlab.data.idx import encode_idx
+from dnnlab.errors import ConfigError
+from dnnlab.validation import check_ranges
+
+spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
+train_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_script)
+# As under ``python train.py``: Hydra then finds conf/ next to the script's file.
+train_script.main.__wrapped__.__module__ = "__main__"
+
+
+def call_train(args: list[str], monkeypatch, tmp_path: Path) -> int:
+    """``python train.py args`` in this process: the exit code it would have."""
+    monkeypatch.setenv("DNNLAB_ROOT", str(tmp_path))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py", *args])
+    monkeypatch.setattr(cli, "failed_jobs", [])
+    return cli.entry_point(train_script.main)
+
+
+def dataset(tmp_path: Path, damage: str) -> list[str]:
+    """A tiny MNIST-layout folder, damaged as asked, and the overrides that read it."""
+    folder = write_idx_dataset(tmp_path / "data")
+    images = folder / "train-images-idx3-ubyte.gz"
+    if damage == "truncated":
+        raw = encode_idx(np.zeros((60, 28, 28), np.uint8))[:-100]
+        images.write_bytes(gzip.compress(raw))
+    elif damage == "corrupted":
+        images.write_bytes(images.read_bytes()[:40])
+    verify = "true" if damage == "md5" else "false"
+    return ["data=mnist", f"data.root={folder}", "data.search_dirs=[]", f"data.verify={verify}"]
+
+
+# (case, overrides, the message the one line must hold)
+CASES = [
+    (
+        "unknown group option",
+        ["optimizer=foo"],
+        r"optimizer='foo' is not valid; choose one of: .*sgd",
+    ),
+    ("unknown experiment", ["experiment=nope"], r"experiment='nope' is not valid; choose one of: "),
+    (
+        "misspelled key",
+        ["optimizer.lrr=0.1"],
+        r"optimizer.lrr=0.1: unknown key 'lrr' in optimizer; valid keys: _target_, lr, momentum",
+    ),
+    (
+        "wrong type (text for a number)",
+        ["optimizer.lr=abc"],
+        r"optimizer.lr='abc' has the wrong type; expected a number like the default",
+    ),
+    (
+        "wrong type (fraction for an integer)",
+        ["trainer.max_epochs=2.5"],
+        r"trainer.max_epochs=2.5 has the wrong type; expected an integer",
+    ),
+    ("unparsable override", ["model.hidden=[300,"], r"cannot parse 'model.hidden=\[300,'"),
+    (
+        "negative rate",
+        ["optimizer.lr=-0.1"],
+        r"optimizer.lr=-0.1 is out of range; expected a learning rate >= 0",
+    ),
+    (
+        "dropout >= 1",
+        ["++model.dropout=1.0"],
+        r"model.dropout=1.0 is out of range; expected a dropout rate in \[0, 1\)",
+    ),
+    ("hidden sizes empty", ["model.hidden=[]"], r"model.hidden=\[\] must be a non-empty list"),
+    (
+        "unknown activation",
+        ["model.activation=relux"],
+        r"model.activation='relux' is not valid; choose one of: elu, leaky_relu",
+    ),
+    (
+        "torch rejects the arguments",
+        ["optimizer.momentum=0.9", "++optimizer.nesterov=true", "++optimizer.dampening=0.5"],
+        r"optimizer: torch.optim.SGD rejects these arguments: Nesterov momentum requires",
+    ),
+    ("missing data dir", ["data=mnist", "data.search_dirs=[]"], r"MNIST not found \(looked in "),
+    ("truncated IDX file", "truncated", r"truncated or corrupted IDX file"),
+    ("corrupted IDX file", "corrupted", r"train-images-idx3-ubyte.gz: cannot read"),
+    ("wrong MD5", "md5", r"MD5 does not match MNIST's"),
+    ("no run to resume", ["ckpt_path=last"], r"ckpt_path=last: no run folder under"),
+    ("no such checkpoint", ["ckpt_path=nowhere.ckpt"], r"ckpt_path='nowhere.ckpt': no such"),
+]
+
+
+@pytest.mark.parametrize(("case", "overrides", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_code_2(
+    case: str, overrides, message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    if isinstance(overrides, str):
+        overrides = dataset(tmp_path, overrides)
+    code = call_train([*QUICK, *overrides], monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1 and "\n" not in lines[0], err[-2000:]
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err and "HYDRA_FULL_ERROR" not in err
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DNNLAB_ROOT", str(tmp_path))
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    monkeypatch.setattr(sys, "argv", ["train.py", *QUICK, "optimizer.lr=-1"])
+    with pytest.raises(ValueError, match=r"optimizer\.lr=-1 is out of range"):
+        cli.entry_point(train_script.main)
+    assert os.environ["HYDRA_FULL_ERROR"] == "1"
+
+
+def test_a_real_process_exits_2_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "optimizer=foo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()  # one line, nothing else
+    assert re.fullmatch(r"error: optimizer='foo' is not valid; choose one of: .*sgd.*", line)
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_a_failed_sweep_member_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code = call_train(
+        ["-m", *QUICK, "trainer.max_epochs=1", "test=false", "optimizer.lr=-1,0.05"],
+        monkeypatch,
+        tmp_path,
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
+    failed, done = sweep / "0", sweep / "1"
+    assert "optimizer.lr=-1 is out of range" in (failed / cli.FAILED_FILE).read_text()
+    assert f"error: {failed}: optimizer.lr=-1 is out of range" in err
+    assert (done / "checkpoints" / "last.ckpt").exists() and not (done / cli.FAILED_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -> None:
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=-1,-2"]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
+    assert all((sweep / n / cli.FAILED_FILE).exists() for n in "01")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "ok"),
+    [
+        ("model.dropout", 0.5, True),
+        ("model.dropout", 1.0, False),
+        ("model.alpha_dropout", -0.1, False),
+        ("regularization.dropout.rate", 1.5, False),
+        ("mc_dropout.samples", 100, True),  # a count, not a rate
+        ("optimizer.lr", 0.0, True),
+        ("optimizer.weight_decay", -1e-4, False),
+    ],
+)
+def test_range_rules_match_rates_only(key: str, value: float, ok: bool) -> None:
+    cfg = OmegaConf.create()
+    OmegaConf.update(cfg, key, value)
+    if ok:
+        check_ranges(cfg)
+    else:
+        with pytest.raises(ConfigError, match=rf"{re.escape(key)}={value} is out of range"):
+            check_ranges(cfg)
