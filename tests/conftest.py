@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,8 +31,6 @@ QUICK = [
     "trainer.limit_test_batches=1",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
-    "callbacks.progress_bar=null",
-    "callbacks.model_summary=null",
     "data.download=false",
     "optimizer.lr=0.05",
 ]
@@ -67,3 +66,16 @@ requires_fashion = pytest.mark.skipif(
     not (FASHION_DIR / SPLIT_FILES["train_images"]).exists() and not os.environ.get("CI"),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
+
+
+def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
+    """Run ``train.py``/``eval.py`` as a user would, with data and logs under ``tmp_path``."""
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )

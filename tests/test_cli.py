@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, ROOT, requires_fashion
+from conftest import QUICK, requires_fashion, run_script
 
 
 def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_script(tmp_path, "train.py", *overrides)
 
 
 @pytest.mark.slow
@@ -55,3 +46,40 @@ def test_missing_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "MNIST not found" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer=adam", "optimizer.lr=-0.001"], "error: optimizer.lr=-0.001 must be > 0"),
+        (
+            ["scheduler=piecewise", "scheduler.schedule.boundaries=[15,5]"],
+            "error: scheduler.schedule.boundaries=[15, 5] must be strictly increasing",
+        ),
+    ],
+)
+@requires_fashion
+def test_bad_optimizer_and_schedule_values_are_one_line(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    result = train(tmp_path, *QUICK, *overrides)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [message]
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_lr_find_prints_the_command_that_trains_with_its_suggestion(tmp_path: Path) -> None:
+    finder = ["tune.lr_find=true", "tune.num_steps=150"]
+    result = train(tmp_path, *QUICK, "optimizer=nadam", "model.hidden=[50]", *finder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("train with it: ")]
+    command = shlex.split(line.removeprefix("train with it: "))  # as the shell reads it
+    assert command[:2] == ["python", "train.py"] and "optimizer=nadam" in command
+    assert "model.hidden=[50]" in command and not any(c.startswith("tune.") for c in command)
+    assert command[-1].startswith("optimizer.lr=")
+    assert 1e-5 <= float(command[-1].split("=")[1]) <= 10
+    (run,) = (tmp_path / "logs" / "runs" / "default").iterdir()
+    assert (run / "lr_find.png").exists()

@@ -13,7 +13,7 @@ from torch import nn
 from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
 from dnnlab.module import Classifier
-from dnnlab.summary import ModelSummary, parameter_counts
+from dnnlab.summary import ParameterSummary, parameter_counts
 
 
 def kinds(net: nn.Sequential) -> list[str]:
@@ -56,7 +56,7 @@ def test_summary_callback_prints_and_logs_the_keras_counts(tmp_path, caplog) -> 
     module = Classifier(model=model, optimizer={"_target_": "torch.optim.SGD", "lr": 0.1})
     trainer = L.Trainer(logger=CSVLogger(tmp_path), enable_progress_bar=False)
     with caplog.at_level(logging.INFO):
-        ModelSummary(max_depth=1).on_fit_start(trainer, module)
+        ParameterSummary(max_depth=1).on_fit_start(trainer, module)
     trainer.logger.save()
     assert "Non-trainable params: 2,368" in caplog.text
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()

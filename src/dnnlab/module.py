@@ -20,7 +20,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -29,7 +28,9 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dnnlab.clipping import GradientClipping
 from dnnlab.models import build_mlp
+from dnnlab.optimizers import build_optimizer, check_optimizer
 from dnnlab.regularization import Regularization, dense_layers
+from dnnlab.schedules import build_schedule, check_scheduler
 
 Batch = tuple[Tensor, Tensor]
 
@@ -95,6 +96,9 @@ class Classifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        check_optimizer(optimizer)  # fail before any data is loaded; built in configure_optimizers
+        if scheduler:
+            check_scheduler(scheduler)
         self.automatic_optimization = False
         self.net = build_mlp(math.prod(input_shape), num_classes, **model)
         self.regularization = Regularization.from_config(regularization)
@@ -142,10 +146,10 @@ class Classifier(L.LightningModule):
             self.regularization.constrain(self.dense)
             step += 1
             self.train_totals.update(loss, logits, y)
+            if step % log_every == 0:  # before the schedule moves: the LR this step used
+                self._log_training_step(optimizer, step)
             if per_step:
                 self._step_schedulers(per_step, step)
-            if step % log_every == 0:
-                self._log_training_step(optimizer, step)
         self.train_totals.flush()
 
     def _log_training_step(self, optimizer: Any, step: int) -> None:
@@ -185,7 +189,8 @@ class Classifier(L.LightningModule):
             if count % config.frequency:
                 continue
             if isinstance(config.scheduler, ReduceLROnPlateau):
-                value = self.trainer.callback_metrics.get(config.monitor)
+                # Lightning drops ``monitor`` from the configs under manual optimization.
+                value = self.trainer.callback_metrics.get(self.hparams.scheduler["monitor"])
                 if value is not None:
                     config.scheduler.step(value)
             else:
@@ -222,10 +227,12 @@ class Classifier(L.LightningModule):
         return self(batch[0]).softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        # Only trainable parameters: frozen (transferred) layers join later as a new param group.
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = build_optimizer(self.hparams.optimizer, trainable)
         scheduler = self.hparams.scheduler
         if not scheduler:
             return optimizer
-        schedule = instantiate(scheduler["schedule"], optimizer=optimizer)
-        settings = {k: scheduler[k] for k in ("interval", "frequency", "monitor") if k in scheduler}
+        schedule = build_schedule(scheduler, optimizer, self.trainer)
+        settings = {k: scheduler[k] for k in ("interval", "frequency") if k in scheduler}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, **settings}}

@@ -46,7 +46,7 @@ def parameter_counts(module: nn.Module) -> ParameterCounts:
     return ParameterCounts(trainable, frozen + moving)
 
 
-class ModelSummary(LightningModelSummary):
+class ParameterSummary(LightningModelSummary):
     """Lightning's layer table, with totals counted as Keras does, logged with exact numbers."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.evaluation import evaluate_split
+from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
+from dnnlab.summary import ParameterSummary
+from dnnlab.transfer import load_lower_layers, transfer_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
-    return Classifier(
+    model = Classifier(
         model=plain(cfg.model),
         optimizer=plain(cfg.optimizer),
         scheduler=plain(cfg.get("scheduler")) or None,
@@ -50,21 +58,37 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         regularization=plain(cfg.get("regularization")),
         clipping=plain(cfg.get("clipping")),
     )
+    transfer = cfg.get("transfer")
+    if transfer and transfer.ckpt_path:
+        count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers)
+        log.info("reused %d tensors of the lower layers of %s", count, transfer.ckpt_path)
+    return model
 
 
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's own summary
+        callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
     return instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False)
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
-    """Fit, then test the best checkpoint; returns the final metrics as plain floats."""
+    """Fit, then test the best checkpoint; returns the final metrics as plain floats.
+
+    With ``tune.lr_find=true`` the LR range test runs first; without ``tune.use_for`` it only
+    reports its suggestion (the book: find the rate, then train with it).
+    """
+    started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg, extra_callbacks)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(plain(cfg))
+    trainer = build_trainer(cfg, [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"))])
+    if cfg.get("tune") and cfg.tune.lr_find:
+        suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
+        if not cfg.tune.use_for:  # find only; the printed override trains with it
+            metrics = {"lr_find/suggestion": suggestion}
+            write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+            return metrics
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if cfg.get("test"):
@@ -74,4 +98,70 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             log.warning("no best checkpoint was saved; testing the final weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        samples = cfg.get("mc_dropout", {}).get("samples", 0)
+        if samples:
+            metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
+    metrics.pop("step", None)
+    write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+    return metrics
+
+
+def flat_hparams(node: Any, prefix: str = "") -> dict[str, Any]:
+    """The config as flat ``a.b.c`` keys with TensorBoard-friendly values (lists as strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in (plain(node) or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        else:
+            is_scalar = isinstance(value, (int, float, str, bool))
+            flat[name] = value if is_scalar else str(value)
+    return flat
+
+
+def write_summary(
+    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], seconds: float
+) -> None:
+    """``metrics.json`` in the run folder (read by scripts/report.py) and TensorBoard's HParams.
+
+    The HParams entry is written once, at the end, with the run's real final metrics.
+    """
+    if not trainer.is_global_zero:
+        return
+    summary = {
+        "status": "ok",
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "wall_time_s": round(seconds, 3),
+        "metrics": metrics,
+    }
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    hparams = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith(("paths.", "hydra."))}
+    hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(hparams, hp_metrics)
+
+
+def evaluate_test_split(
+    cfg: DictConfig, model: Classifier, datamodule: Any, trainer: L.Trainer
+) -> dict[str, float]:
+    """MC dropout next to plain predictions on the test set (weights of the tested checkpoint)."""
+    images, targets = datamodule.tensors["test"]
+    model.to(images.device)
+    metrics = evaluate_split(
+        model,
+        images,
+        targets,
+        Path(cfg.paths.output_dir),
+        datamodule.classes,
+        mc_samples=cfg.mc_dropout.samples,
+        seed=cfg.mc_dropout.seed,
+        batch_size=datamodule.eval_batch_size,
+    )
+    for logger in trainer.loggers:
+        logger.log_metrics({f"test_eval/{k}": v for k, v in metrics.items()}, trainer.global_step)
+    log.info("test set: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics

@@ -33,9 +33,21 @@ def load_arrays(name: str, directory: str, verify: bool = True) -> dict[str, np.
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
-                f"{directory}: {split} files disagree (images {images.shape}, labels {labels.shape})"
+                f"{directory}: {split} files disagree "
+                f"(images {images.shape}, labels {labels.shape})"
             )
     return arrays
+
+
+def select_classes(
+    images: Tensor, labels: Tensor, class_ids: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Keep the listed classes, relabelled 0..k-1 in the listed order (for transfer tasks)."""
+    table = torch.full((int(labels.max()) + 1,), -1, dtype=labels.dtype)
+    table[torch.tensor(class_ids)] = torch.arange(len(class_ids), dtype=labels.dtype)
+    new = table[labels]
+    keep = new >= 0
+    return images[keep], new[keep]
 
 
 class IdxDataModule(L.LightningDataModule):
@@ -61,6 +73,8 @@ class IdxDataModule(L.LightningDataModule):
         steps_per_block: int = 32,
         on_device: bool = True,
         seed: int = 42,
+        classes: Sequence[int] | None = None,
+        train_size: int | None = None,
     ) -> None:
         super().__init__()
         self.spec = get_spec(name)
@@ -82,23 +96,44 @@ class IdxDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.steps_per_block = steps_per_block
         self.on_device, self.seed = on_device, seed
+        self.class_ids = self._check_classes(classes)
+        if train_size is not None and train_size < 1:
+            raise ConfigError(f"data.train_size={train_size} must be a positive integer or null")
+        self.train_size = train_size
         self.tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self._directory: Path | None = None
 
+    def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
+        if classes is None:
+            return None
+        ids = [int(c) for c in classes]
+        valid = range(len(self.spec.classes))
+        if len(ids) < 2 or len(set(ids)) != len(ids) or any(c not in valid for c in ids):
+            raise ConfigError(
+                f"data.classes={ids} must list at least 2 distinct class ids of: "
+                + ", ".join(f"{i} {name}" for i, name in enumerate(self.spec.classes))
+            )
+        return ids
+
     @property
     def classes(self) -> tuple[str, ...]:
-        return self.spec.classes
+        """Class names in label order (after ``data.classes`` relabelling)."""
+        if self.class_ids is None:
+            return self.spec.classes
+        return tuple(self.spec.classes[c] for c in self.class_ids)
 
     @property
     def num_classes(self) -> int:
-        return len(self.spec.classes)
+        return len(self.classes)
 
     @property
     def input_shape(self) -> tuple[int, int]:
         return (28, 28)
 
     def prepare_data(self) -> None:
-        self._directory = locate(self.name, self.root, self.search_dirs, self.download, self.mirrors)
+        self._directory = locate(
+            self.name, self.root, self.search_dirs, self.download, self.mirrors
+        )
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -127,14 +162,15 @@ class IdxDataModule(L.LightningDataModule):
         if self.standardize:
             mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-7)
             train_x, val_x, test_x = ((t - mean) / std for t in (train_x, val_x, test_x))
+        splits = {"train": (train_x, train_y), "val": (val_x, val_y), "test": (test_x, test_y)}
+        if self.class_ids is not None:
+            splits = {name: select_classes(x, y, self.class_ids) for name, (x, y) in splits.items()}
+        if self.train_size is not None:
+            x, y = splits["train"]
+            splits["train"] = (x[: self.train_size], y[: self.train_size])
         device = self._device()
         self.tensors = {
-            split: (x.contiguous().to(device), y.to(device))
-            for split, (x, y) in {
-                "train": (train_x, train_y),
-                "val": (val_x, val_y),
-                "test": (test_x, test_y),
-            }.items()
+            name: (x.contiguous().to(device), y.to(device)) for name, (x, y) in splits.items()
         }
 
     def _split_indices(self, size: int) -> tuple[slice | Tensor, slice | Tensor]:
@@ -147,7 +183,9 @@ class IdxDataModule(L.LightningDataModule):
         order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed))
         return order[self.val_size :].sort().values, order[: self.val_size].sort().values
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
         # Batches are sliced from tensors already on the training device: nothing to move.
         first = batch[0][0] if isinstance(batch, list) else batch[0]
         if first.device == device:
@@ -164,7 +202,15 @@ class IdxDataModule(L.LightningDataModule):
         return TensorBatches(x, y, batch_size, order, steps_per_block)
 
     def train_dataloader(self) -> TensorBatches:
-        return self._loader("train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and self.steps_per_block > 1:
+            raise ConfigError(
+                f"data.steps_per_block={self.steps_per_block} must be 1 with {trainer.world_size} "
+                "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
+            )
+        return self._loader(
+            "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
+        )
 
     def val_dataloader(self) -> TensorBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -1,0 +1,202 @@
+"""Evaluation beyond ``trainer.test``: MC dropout, predictive uncertainty, calibration, predictions.
+
+MC dropout (Gal & Ghahramani, in the book's ch. 11): keep *only* the dropout layers stochastic at
+test time and average many forward passes; BatchNorm stays in inference mode, so its running
+statistics never change.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
+
+from dnnlab.errors import ConfigError
+
+DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout, ...
+
+
+def dropout_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, DROPOUT_TYPES)]
+
+
+@contextmanager
+def mc_dropout_mode(model: nn.Module) -> Iterator[None]:
+    """Everything in eval mode except dropout layers; the previous modes are restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    for layer in dropout_layers(model):
+        layer.train()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: Tensor, batch_size: int = 1000) -> Tensor:
+    """Softmax probabilities of one pass, in whatever mode the model is in."""
+    return torch.cat([model(x).softmax(dim=-1) for x in images.split(batch_size)])
+
+
+@torch.no_grad()
+def mc_dropout_proba(
+    model: nn.Module, images: Tensor, samples: int, batch_size: int = 1000, seed: int = 0
+) -> Tensor:
+    """``samples`` stochastic passes with only dropout active: shape (samples, N, classes)."""
+    if samples < 1:
+        raise ConfigError(f"mc_dropout.samples={samples} must be a positive integer")
+    devices = [images.device] if images.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), mc_dropout_mode(model):
+        torch.manual_seed(seed)
+        return torch.stack([predict_proba(model, images, batch_size) for _ in range(samples)])
+
+
+def summarize(probabilities: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, float]:
+    """Accuracy, expected calibration error and mean predictive entropy of mean probabilities."""
+    num_classes = probabilities.shape[-1]
+    mean = probabilities.mean(dim=0) if probabilities.dim() == 3 else probabilities
+    accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro").to(mean.device)
+    ece = MulticlassCalibrationError(num_classes=num_classes, n_bins=n_bins, norm="l1")
+    metrics = {
+        "acc": float(accuracy(mean, targets)),
+        "ece": float(ece.to(mean.device)(mean, targets)),
+        "entropy": float(entropy(mean).mean()),
+    }
+    if probabilities.dim() == 3:
+        picked = mean.argmax(dim=-1)
+        std = probabilities.std(dim=0).gather(1, picked[:, None]).squeeze(1)
+        metrics["std"] = float(std.mean())
+    return metrics
+
+
+def entropy(probabilities: Tensor) -> Tensor:
+    return -(probabilities * probabilities.clamp_min(1e-12).log()).sum(dim=-1)
+
+
+def write_predictions(
+    path: Path, targets: Tensor, plain: Tensor, mc: Tensor | None, class_names: Sequence[str]
+) -> None:
+    """One row per test image: label, plain prediction and, with MC dropout, mean/std/entropy."""
+    rows = [["index", "label", "label_name", "pred", "pred_name", "confidence", "entropy"]]
+    mean = mc.mean(dim=0) if mc is not None else None
+    if mean is not None:
+        rows[0] += ["mc_pred", "mc_confidence", "mc_std", "mc_entropy"]
+        mc_pred = mean.argmax(dim=-1)
+        mc_std = mc.std(dim=0).gather(1, mc_pred[:, None]).squeeze(1)
+        mc_entropy = entropy(mean)
+    pred, plain_entropy = plain.argmax(dim=-1), entropy(plain)
+    for i, label in enumerate(targets.tolist()):
+        row = [i, label, class_names[label], int(pred[i]), class_names[int(pred[i])]]
+        row += [f"{float(plain[i, pred[i]]):.6f}", f"{float(plain_entropy[i]):.6f}"]
+        if mean is not None:
+            k = int(mc_pred[i])
+            row += [k, f"{float(mean[i, k]):.6f}", f"{float(mc_std[i]):.6f}"]
+            row += [f"{float(mc_entropy[i]):.6f}"]
+        rows.append(row)
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def evaluate_split(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    out_dir: Path,
+    class_names: Sequence[str],
+    mc_samples: int = 0,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> dict[str, float]:
+    """Plain (and MC dropout) metrics of a split; writes predictions.csv and evaluation.json."""
+    was_training = model.training
+    model.eval()
+    plain = predict_proba(model, images, batch_size)
+    model.train(was_training)
+    metrics = {f"plain/{k}": v for k, v in summarize(plain, targets).items()}
+    mc = None
+    if mc_samples:
+        if not dropout_layers(model):
+            raise ConfigError(
+                f"mc_dropout.samples={mc_samples} needs dropout layers in the model "
+                "(set model.dropout > 0)"
+            )
+        mc = mc_dropout_proba(model, images, mc_samples, batch_size, seed)
+        metrics.update({f"mc/{k}": v for k, v in summarize(mc, targets).items()})
+        metrics["mc/samples"] = float(mc_samples)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(
+        out_dir / "predictions.csv",
+        targets.cpu(),
+        plain.cpu(),
+        None if mc is None else mc.cpu(),
+        class_names,
+    )
+    (out_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def evaluate_checkpoint(
+    ckpt_path: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    mc_samples: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Evaluate a saved run from its checkpoint alone: the data settings come from the run folder.
+
+    ``<run>/checkpoints/<name>.ckpt`` sits beside ``<run>/.hydra/config.yaml``, which Hydra wrote
+    when the run started; the model comes from the checkpoint's own (primitive) hyperparameters.
+    """
+    import lightning as L
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf, open_dict
+
+    from dnnlab.errors import lookup
+    from dnnlab.module import Classifier
+
+    stage = lookup({"test": "test", "val": "validate"}, "split", split)
+    ckpt = Path(ckpt_path)
+    saved = ckpt.parent.parent / ".hydra" / "config.yaml"
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not a file")
+    if not saved.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not in a run folder (no {saved})")
+    cfg = OmegaConf.load(saved)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    results = getattr(trainer, stage)(model, datamodule=datamodule, verbose=False)[0]
+    images, targets = datamodule.tensors[split]
+    model.to(images.device)
+    metrics = evaluate_split(
+        model,
+        images,
+        targets,
+        Path(out_dir),
+        datamodule.classes,
+        mc_samples=mc_samples,
+        seed=seed,
+        batch_size=datamodule.eval_batch_size,
+    )
+    metrics.update({k: float(v) for k, v in results.items()})
+    (Path(out_dir) / "evaluation.json").write_text(
+        json.dumps({"ckpt_path": str(ckpt), "split": split, **metrics}, indent=2) + "\n"
+    )
+    return metrics

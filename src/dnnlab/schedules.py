@@ -1,0 +1,250 @@
+"""The book's learning-rate schedules on top of ``torch.optim.lr_scheduler``, and their builder.
+
+``t`` counts scheduler steps: optimizer steps with ``scheduler.interval=step``, epochs with
+``interval=epoch`` (times ``frequency``). Every schedule's state is primitive (numbers, lists,
+strings), so checkpoints holding it still load with ``torch.load(weights_only=True)``.
+
+- power:       eta(t) = eta0 / (1 + t/s)^c                  (LambdaLR with :class:`PowerDecay`)
+- exponential: eta(t) = eta0 * decay_rate^(t/s)             (ExponentialLR)
+- piecewise:   eta(t) = values[i] for boundaries[i-1] <= t < boundaries[i]  (PiecewiseConstantLR)
+- performance: multiply by ``factor`` after ``patience`` epochs without gain (ReduceLROnPlateau)
+- 1cycle:      linear up to max_lr, back down, then a few decades lower  (OneCycleLR, 3 phases)
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import (
+    ExponentialLR,
+    LambdaLR,
+    LRScheduler,
+    OneCycleLR,
+    ReduceLROnPlateau,
+)
+
+from dnnlab.building import build
+from dnnlab.errors import ConfigError, lookup
+
+KEY = "scheduler.schedule"
+INTERVALS = ("step", "epoch")
+# Metrics the module logs that a plateau schedule can watch, with the direction that is better.
+MONITOR_MODES = {
+    "val/loss": "min",
+    "val/acc": "max",
+    "val/acc_best": "max",
+    "train/loss_epoch": "min",
+    "train/acc": "max",
+}
+
+
+def _positive(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{KEY}.{name}={value!r} must be a number > 0")
+
+
+def _fraction(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(f"{KEY}.{name}={value!r} must be in (0, 1)")
+
+
+class PowerDecay:
+    """The factor ``1 / (1 + t/s)^c`` of power scheduling, as an importable, picklable callable.
+
+    ``LambdaLR`` saves a callable object's ``__dict__`` (here two floats) in its state.
+    """
+
+    def __init__(self, s: float, c: float = 1.0) -> None:
+        _positive("s", s)
+        _positive("c", c)
+        self.s, self.c = float(s), float(c)
+
+    def __call__(self, t: int) -> float:
+        return (1.0 + t / self.s) ** -self.c
+
+
+def power(optimizer: Optimizer, s: float, c: float = 1.0) -> LambdaLR:
+    """Power scheduling: eta0 / (1 + t/s)^c (Keras' ``decay`` is c=1, s=1/decay)."""
+    return LambdaLR(optimizer, PowerDecay(s, c))
+
+
+def exponential(optimizer: Optimizer, s: float, decay_rate: float = 0.1) -> ExponentialLR:
+    """Exponential scheduling: eta0 * decay_rate^(t/s), i.e. 10x lower every ``s`` steps."""
+    _positive("s", s)
+    _fraction("decay_rate", decay_rate)
+    return ExponentialLR(optimizer, gamma=decay_rate ** (1.0 / s))
+
+
+class PiecewiseConstantLR(LRScheduler):
+    """``values[i]`` from boundary ``i-1`` (inclusive) to boundary ``i``: the book's piecewise
+    constant schedule. The values are learning rates, not factors; the first replaces
+    ``optimizer.lr``. torch's ``MultiStepLR`` only multiplies by one constant ``gamma``.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        boundaries: Sequence[int],
+        values: Sequence[float],
+        last_epoch: int = -1,
+    ) -> None:
+        boundaries, values = list(boundaries), list(values)
+        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in boundaries):
+            raise ConfigError(f"{KEY}.boundaries={boundaries} must be positive integers")
+        if any(b >= a for b, a in itertools.pairwise(boundaries)):
+            raise ConfigError(f"{KEY}.boundaries={boundaries} must be strictly increasing")
+        if len(values) != len(boundaries) + 1:
+            raise ConfigError(
+                f"{KEY}.values={values} needs one value more than boundaries={boundaries}"
+            )
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"{KEY}.values={values} must all be learning rates > 0")
+        self.boundaries, self.values = boundaries, [float(v) for v in values]
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        value = self.values[bisect.bisect_right(self.boundaries, self.last_epoch)]
+        return [value for _ in self.optimizer.param_groups]
+
+
+def performance(
+    optimizer: Optimizer,
+    mode: str = "min",
+    factor: float = 0.5,
+    patience: int = 5,
+    threshold: float = 0.0,
+    cooldown: int = 0,
+    min_lr: float = 0.0,
+) -> ReduceLROnPlateau:
+    """Performance scheduling: LR x ``factor`` once the metric has not improved for ``patience``
+    epochs (the book's and Keras' meaning; torch's own ``patience`` waits one epoch more).
+    """
+    lookup(dict.fromkeys(("min", "max")), f"{KEY}.mode", mode)
+    _fraction("factor", factor)
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ConfigError(f"{KEY}.patience={patience!r} must be an integer >= 1")
+    return ReduceLROnPlateau(
+        optimizer,
+        mode=mode,
+        factor=factor,
+        patience=patience - 1,
+        threshold=threshold,
+        cooldown=cooldown,
+        min_lr=min_lr,
+    )
+
+
+def one_cycle(
+    optimizer: Optimizer,
+    max_lr: float,
+    total_steps: int,
+    warmup_fraction: float = 0.45,
+    div_factor: float = 10.0,
+    final_div_factor: float = 1000.0,
+    cycle_momentum: bool = True,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
+) -> OneCycleLR:
+    """The book's linear 1cycle: from max_lr/div_factor up to ``max_lr`` over
+    ``warmup_fraction`` of the run, back down over as many steps, then linearly to
+    ``final_div_factor`` times lower than the start; momentum (or Adam's beta1) cycles the
+    other way, max -> base -> max, when ``cycle_momentum``.
+    """
+    _positive("max_lr", max_lr)
+    _fraction("warmup_fraction", warmup_fraction)
+    if warmup_fraction >= 0.5:
+        raise ConfigError(f"{KEY}.warmup_fraction={warmup_fraction} must be < 0.5 (up and down)")
+    _positive("div_factor", div_factor)
+    _positive("final_div_factor", final_div_factor)
+    if cycle_momentum and not 0 <= base_momentum <= max_momentum < 1:
+        raise ConfigError(
+            f"{KEY}.base_momentum={base_momentum}, max_momentum={max_momentum}: "
+            "need 0 <= base_momentum <= max_momentum < 1"
+        )
+    if cycle_momentum and not any("momentum" in g or "betas" in g for g in optimizer.param_groups):
+        raise ConfigError(
+            f"{KEY}.cycle_momentum=true but {type(optimizer).__name__} has no momentum; "
+            f"set {KEY}.cycle_momentum=false"
+        )
+    return OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=total_steps,
+        pct_start=warmup_fraction,
+        anneal_strategy="linear",
+        three_phase=True,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        cycle_momentum=cycle_momentum,
+        base_momentum=base_momentum,
+        max_momentum=max_momentum,
+    )
+
+
+def optimizer_steps_per_epoch(trainer: Any) -> int:
+    """Optimizer steps in one training epoch, as ``limit_train_batches`` leaves it.
+
+    Lightning counts batches, which are blocks of ``data.steps_per_block`` mini-batches here
+    (``trainer.estimated_stepping_batches`` counts blocks too), so convert.
+    """
+    trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning set up the train loader
+    blocks = trainer.num_training_batches
+    loader = trainer.train_dataloader
+    per_block = getattr(loader, "steps_per_block", None) or 1
+    batches = getattr(loader, "num_batches", None)
+    if blocks == float("inf"):
+        if batches is None:
+            raise ConfigError("the schedule needs the epoch length; the train loader has none")
+        return int(batches)
+    steps = int(blocks) * per_block
+    return min(steps, int(batches)) if batches is not None else steps
+
+
+def run_length(trainer: Any, interval: str) -> int:
+    """Scheduler steps in the whole run: epochs, or optimizer steps (capped by max_steps)."""
+    epochs = trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
+    if interval == "epoch":
+        if epochs is None:
+            raise ConfigError("a whole-run schedule with interval=epoch needs trainer.max_epochs")
+        return int(epochs)
+    max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+    by_epochs = epochs * optimizer_steps_per_epoch(trainer) if epochs is not None else None
+    lengths = [n for n in (max_steps, by_epochs) if n is not None]
+    if not lengths:
+        raise ConfigError("a whole-run schedule needs trainer.max_epochs or trainer.max_steps")
+    return int(min(lengths))
+
+
+def check_scheduler(node: Mapping[str, Any]) -> None:
+    """The settings around the schedule: when it steps."""
+    lookup(dict.fromkeys(INTERVALS), "scheduler.interval", node.get("interval", "epoch"))
+    frequency = node.get("frequency", 1)
+    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+        raise ConfigError(f"scheduler.frequency={frequency!r} must be a positive integer")
+
+
+def check_monitor(monitor: Any, mode: str) -> None:
+    """A plateau schedule must watch a metric the module logs, in the direction that is better."""
+    lookup(MONITOR_MODES, "scheduler.monitor", monitor)
+    if mode != MONITOR_MODES[monitor]:
+        raise ConfigError(
+            f"{KEY}.mode={mode!r} does not fit scheduler.monitor={monitor!r} "
+            f"(better is {MONITOR_MODES[monitor]})"
+        )
+
+
+def build_schedule(node: Mapping[str, Any], optimizer: Optimizer, trainer: Any) -> LRScheduler:
+    """The schedule of a ``scheduler`` node; a null ``total_steps`` becomes the run's length."""
+    check_scheduler(node)
+    schedule = dict(node["schedule"])
+    if "total_steps" in schedule and schedule["total_steps"] is None:
+        schedule["total_steps"] = run_length(trainer, node.get("interval", "epoch"))
+    built = build(schedule, KEY, optimizer=optimizer)
+    if isinstance(built, ReduceLROnPlateau):
+        check_monitor(node.get("monitor"), built.mode)
+    return built

@@ -1,0 +1,98 @@
+"""MC dropout, calibration and evaluating a saved run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from conftest import requires_fashion, run_script
+from dnnlab.errors import ConfigError
+from dnnlab.evaluation import (
+    entropy,
+    mc_dropout_mode,
+    mc_dropout_proba,
+    predict_proba,
+    summarize,
+)
+from dnnlab.training import run
+
+
+def net_with_bn_and_dropout(rate: float) -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Dropout(rate), nn.Linear(64, 5)
+    )
+    net.train()
+    with torch.no_grad():
+        for _ in range(5):  # give BatchNorm non-trivial running statistics
+            net(torch.randn(128, 20) * 3 + 1)
+    return net
+
+
+def test_mc_dropout_varies_while_batchnorm_stays_fixed() -> None:
+    net = net_with_bn_and_dropout(0.5)
+    buffers = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(200, 20)
+    samples = mc_dropout_proba(net, x, samples=20, seed=1)
+    assert samples.shape == (20, 200, 5)
+    assert (samples.std(dim=0) > 0).float().mean() > 0.9, "passes differ"
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, buffers[key]), f"{key} changed"
+    assert net.training and net[1].training, "previous modes restored"
+    assert torch.equal(samples, mc_dropout_proba(net, x, samples=20, seed=1)), "seeded"
+    assert not torch.equal(samples, mc_dropout_proba(net, x, samples=20, seed=2))
+
+
+def test_mc_dropout_mode_puts_only_dropout_in_training() -> None:
+    net = net_with_bn_and_dropout(0.5)
+    with mc_dropout_mode(net):
+        assert [m.training for m in net] == [False, False, False, True, False]
+
+
+def test_mc_with_rate_zero_equals_plain() -> None:
+    net = net_with_bn_and_dropout(0.0)
+    x = torch.randn(50, 20)
+    net.eval()
+    plain = predict_proba(net, x)
+    mc = mc_dropout_proba(net, x, samples=7)
+    assert torch.allclose(mc.mean(dim=0), plain, atol=1e-6) and torch.all(mc.std(dim=0) < 1e-6)
+    with pytest.raises(ConfigError, match=r"mc_dropout.samples=0 must be a positive"):
+        mc_dropout_proba(net, x, samples=0)
+
+
+def test_calibration_error_and_entropy_match_their_definitions() -> None:
+    # Two bins' worth of predictions: confidence 0.9 (right 2 of 2), 0.6 (right 1 of 2).
+    probs = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    targets = torch.tensor([0, 1, 0, 0])
+    metrics = summarize(probs, targets, n_bins=10)
+    # ECE = sum over bins of (n_b / N) * |acc_b - conf_b| = 0.5 * |1 - 0.9| + 0.5 * |0.5 - 0.6|
+    assert metrics["ece"] == pytest.approx(0.1, abs=1e-6)
+    assert metrics["acc"] == pytest.approx(0.75)
+    assert entropy(torch.tensor([[0.5, 0.5]])).item() == pytest.approx(0.6931, abs=1e-4)
+
+
+@requires_fashion
+@pytest.mark.slow
+def test_eval_py_evaluates_a_saved_run_from_its_checkpoint(make_config, tmp_path: Path) -> None:
+    cfg = make_config(["trainer.max_epochs=1", "test=false"])
+    run(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    # .hydra/config.yaml is written by Hydra for real runs; here write the composed config.
+    (ckpt.parent.parent / ".hydra").mkdir()
+    (ckpt.parent.parent / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    result = run_script(tmp_path, "eval.py", f"ckpt_path={ckpt}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (out,) = (tmp_path / "logs" / "evals").iterdir()
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert len(rows) == 10000 and rows[0]["label_name"] == "Ankle boot"  # first test image
+    metrics = json.loads((out / "evaluation.json").read_text())
+    assert metrics["test/acc"] == pytest.approx(metrics["plain/acc"], abs=1e-6)
+    assert metrics["plain/acc"] > 0.6
+    bad = run_script(tmp_path, "eval.py", f"ckpt_path={tmp_path}/nothing.ckpt")
+    assert bad.returncode == 2 and "is not a file" in bad.stderr

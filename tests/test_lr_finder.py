@@ -1,0 +1,113 @@
+"""The LR finder on a real slice of Fashion-MNIST: range, divergence, restored weights, reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import requires_fashion
+from dnnlab.errors import ConfigError
+from dnnlab.lr_finder import lr_range_test, tune_learning_rate
+from dnnlab.optimizers import build_optimizer
+from dnnlab.training import build_datamodule, build_model, build_trainer, plain, run
+from test_training import scalars
+
+pytestmark = requires_fashion
+
+FIND = ["tune.lr_find=true", "tune.num_steps=200", "tune.min_lr=1e-4"]
+
+
+def test_range_test_grows_the_lr_and_stops_below_divergence_leaving_weights_as_they_were(
+    make_config,
+) -> None:
+    cfg = make_config()
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    model = build_model(cfg, datamodule)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    result = lr_range_test(
+        model,
+        build_optimizer(plain(cfg.optimizer), model.parameters()),
+        datamodule.train_dataloader().batches(),
+        min_lr=1e-4,
+        max_lr=10.0,
+        num_steps=200,
+    )
+    ratios = [b / a for a, b in zip(result.lrs, result.lrs[1:], strict=False)]
+    assert result.lrs[0] == pytest.approx(1e-4)
+    assert ratios == pytest.approx([(1e5) ** (1 / 199)] * len(ratios)), "a constant factor"
+    assert result.diverged_lr is not None and len(result.lrs) < 200, "stopped when it exploded"
+    assert 1e-4 <= result.suggestion <= 10.0
+    assert result.suggestion < result.best_lr < result.diverged_lr
+    assert result.suggestion == pytest.approx(result.best_lr / 10, rel=0.05)
+    assert min(result.smoothed) < 0.7 * result.smoothed[0], "the loss fell before it exploded"
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "initial weights restored"
+    assert torch.equal(torch.random.get_rng_state(), rng), "random state restored"
+
+
+def test_lr_find_alone_reports_the_override_saves_the_plot_and_does_not_train(
+    make_config, capsys
+) -> None:
+    cfg = make_config([*FIND, "optimizer=momentum"])
+    metrics = run(cfg)
+    out = Path(cfg.paths.output_dir)
+    suggestion = metrics["lr_find/suggestion"]
+    assert 1e-4 <= suggestion <= 10.0 and set(metrics) == {"lr_find/suggestion"}
+    printed = capsys.readouterr().out
+    assert f"train with it: python train.py optimizer.lr={suggestion:g}" in printed
+    assert (out / "lr_find.png").stat().st_size > 10_000
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert "lr_find" in events.Tags()["images"]
+    assert not (out / "checkpoints").exists(), "find only: no training"
+
+
+@pytest.mark.slow
+def test_lr_find_feeds_max_lr_to_one_cycle_and_trains(make_config) -> None:
+    cfg = make_config(
+        [*FIND, "tune.use_for=max_lr", "scheduler=onecycle", "trainer.log_every_n_steps=1"]
+    )
+    metrics = run(cfg)
+    assert metrics["val/acc"] > 0.6, "the finder ran, then the run trained"
+    max_lr = cfg.scheduler.schedule.max_lr
+    assert max_lr != 0.05 and 1e-4 <= max_lr <= 10, "the suggestion replaced the default"
+    out = Path(cfg.paths.output_dir)
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["hyper_parameters"]["scheduler"]["schedule"]["max_lr"] == max_lr
+    lrs = [v for _, v in scalars(out)["lr"]]
+    assert max(lrs) == pytest.approx(max_lr, rel=0.02), "1cycle peaked at the suggestion"
+
+
+def test_lr_find_with_use_for_lr_sets_the_optimizer_lr_on_the_initial_weights(
+    make_config,
+) -> None:
+    cfg = make_config([*FIND, "tune.use_for=lr", "trainer.max_epochs=1", "test=false"])
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    suggestion = tune_learning_rate(cfg, model, datamodule, build_trainer(cfg))
+    assert model.hparams.optimizer["lr"] == suggestion == cfg.optimizer.lr
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["tune.min_lr=-1"], "tune.min_lr=-1 must be a number > 0"),
+        (["tune.max_lr=1e-6"], "tune.max_lr=1e-06 must be a number above tune.min_lr"),
+        (["tune.num_steps=1"], "tune.num_steps=1 must be an integer >= 2"),
+        (["tune.divergence=0.5"], "tune.divergence=0.5 must be a number > 1"),
+        (["tune.use_for=momentum"], "tune.use_for='momentum' is not valid; choose one of: lr"),
+        (["tune.use_for=max_lr"], "tune.use_for=max_lr needs .*scheduler=onecycle"),
+    ],
+)
+def test_bad_finder_settings_are_one_line(make_config, overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as err:
+        run(make_config(["tune.lr_find=true", *overrides]))
+    assert "\n" not in str(err.value)

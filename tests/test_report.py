@@ -1,0 +1,79 @@
+"""Sweep reports from a tiny real multirun."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from conftest import QUICK, requires_fashion, run_script
+from dnnlab.config import CONFIG_DIR
+from dnnlab.report import write_report
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_multirun_writes_a_report_and_keeps_failed_members(tmp_path: Path) -> None:
+    sweep_args = [
+        *QUICK,
+        "trainer.max_epochs=2",
+        "test=false",
+        "model.activation=relu,elu",
+        "seed=1,2",
+    ]
+    result = run_script(tmp_path, "train.py", "-m", *sweep_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert [r["model.activation"] for r in rows] == ["relu", "elu"], "seeds pooled"
+    assert set(rows[0]) >= {"val_acc_best", "val_acc", "val_loss", "epochs", "wall_time_s"}
+    assert "seed" not in rows[0] and "trainer.max_epochs" not in rows[0], "only varied keys"
+    assert rows[0]["runs"] == "2" and "±" in rows[0]["val_acc_best"]
+    assert float(rows[0]["val_acc_best"].split(" ± ")[0]) > 0.3  # chance: 0.1
+    assert (sweep / "val_curves.png").stat().st_size > 10_000
+    # A member that died (no metrics.json) is reported as failed; the others keep their rows.
+    dead = sweep / "1"
+    (dead / "metrics.json").unlink()
+    (dead / "error.txt").write_text("loss became NaN at step 12\n")
+    write_report(sweep)
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert rows[0]["runs"] == "1" and "failed: 1: loss became NaN at step 12" in rows[0]["status"]
+    assert rows[1]["status"] == "ok" and rows[1]["runs"] == "2"
+    assert "4 runs, 1 failed" in (sweep / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("launcher", "target"),
+    [
+        ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+    ],
+)
+def test_parallel_and_slurm_launchers_compose(launcher: str, target: str) -> None:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_optuna_search_runs_trials_and_maximizes(tmp_path: Path) -> None:
+    quick = [o for o in QUICK if not o.startswith("optimizer.lr")]  # the search sets lr
+    args = [
+        *quick,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "trainer.max_epochs=1",
+        "test=false",
+        "trainer.limit_train_batches=2",
+    ]
+    result = run_script(tmp_path, "train.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "optuna").iterdir()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna" and 0.1 < best["best_value"] <= 1.0
+    assert {"optimizer.lr", "data.batch_size", "model.activation"} == set(best["best_params"])

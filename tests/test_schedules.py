@@ -1,0 +1,170 @@
+"""Each schedule follows the book's formula; bad values give one line; state stays primitive."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from dnnlab.config import CONFIG_DIR, compose_config
+from dnnlab.errors import ConfigError
+from dnnlab.schedules import build_schedule
+from dnnlab.training import plain
+
+SCHEDULES = sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml") if p.stem != "none")
+# A stand-in for the trainer: 100 optimizer steps per epoch, 10 epochs.
+TRAINER = SimpleNamespace(
+    max_epochs=10,
+    max_steps=-1,
+    estimated_stepping_batches=10,
+    num_training_batches=4,
+    train_dataloader=SimpleNamespace(steps_per_block=32, num_batches=100),
+)
+
+
+def scheduler_node(name: str, *overrides: str) -> dict:
+    cfg = compose_config([f"scheduler={name}", *overrides], output_dir="unused")
+    return plain(cfg.scheduler)
+
+
+def optimizer(lr: float = 0.1, momentum: float = 0.9) -> torch.optim.SGD:
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=lr, momentum=momentum)
+
+
+def lr_sequence(node: dict, steps: int, opt: torch.optim.Optimizer | None = None) -> list[float]:
+    """The LR used at t = 0, 1, ..., steps - 1 (one scheduler step after each)."""
+    opt = opt or optimizer()
+    schedule = build_schedule(node, opt, TRAINER)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    return lrs
+
+
+def test_power_schedule_is_eta0_over_one_plus_t_over_s_to_the_c() -> None:
+    node = scheduler_node("power", "scheduler.schedule.s=20", "scheduler.schedule.c=2")
+    lrs = lr_sequence(node, 101)
+    for t in (0, 1, 20, 60, 100):
+        assert lrs[t] == pytest.approx(0.1 / (1 + t / 20) ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize("interval", ["step", "epoch"])
+def test_exponential_schedule_drops_tenfold_every_s(interval: str) -> None:
+    node = scheduler_node(
+        "exponential", f"scheduler.interval={interval}", "scheduler.schedule.s=25"
+    )
+    lrs = lr_sequence(node, 101)
+    for t in (0, 7, 25, 50, 100):
+        assert lrs[t] == pytest.approx(0.1 * 0.1 ** (t / 25), rel=1e-6)
+
+
+def test_piecewise_constant_uses_the_values_between_boundaries() -> None:
+    lrs = lr_sequence(scheduler_node("piecewise"), 20)  # the book: [5, 15], [0.01, 0.005, 0.001]
+    assert lrs[:5] == [0.01] * 5 and lrs[5:15] == [0.005] * 10 and lrs[15:] == [0.001] * 5
+
+
+def test_one_cycle_peaks_at_max_lr_midway_and_ends_far_below_the_start() -> None:
+    node = scheduler_node("onecycle", "scheduler.schedule.max_lr=0.5")
+    opt = optimizer()
+    lrs, momenta = [], []
+    schedule = build_schedule(node, opt, TRAINER)
+    for _ in range(1000):  # the whole run: 10 epochs x 100 steps
+        lrs.append(opt.param_groups[0]["lr"])
+        momenta.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        schedule.step()
+    peak = max(range(1000), key=lrs.__getitem__)
+    assert lrs[0] == pytest.approx(0.05) and lrs[peak] == pytest.approx(0.5)
+    assert 400 <= peak <= 500, "warm up over about half the run"
+    assert lrs[2 * peak] == pytest.approx(0.05, rel=1e-6), "back down to the start"
+    assert lrs[-1] == pytest.approx(0.05 / 1000, rel=1e-3), "then a few decades lower"
+    rises = [b - a for a, b in itertools.pairwise(lrs[: peak + 1])]
+    assert min(rises) == pytest.approx(max(rises)) and min(rises) > 0, "linear up"
+    # Inverse momentum cycling: high when the LR is low, and back to the maximum at the end.
+    assert momenta[0] == pytest.approx(0.95) and momenta[peak] == pytest.approx(0.85)
+    assert momenta[-1] == pytest.approx(0.95)
+
+
+def plateau_lrs(losses: list[float], patience: int) -> list[float]:
+    node = scheduler_node("performance", f"scheduler.schedule.patience={patience}")
+    opt = optimizer()
+    schedule = build_schedule(node, opt, TRAINER)
+    lrs = []
+    for loss in losses:
+        opt.step()
+        schedule.step(loss)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs
+
+
+def test_plateau_halves_the_lr_only_after_patience_epochs_without_gain() -> None:
+    losses = [1.0, 0.9, 0.95, 0.92, 0.91, 0.93, 0.94, 0.8]  # best 0.9 at epoch 1, then 5 worse
+    lrs = plateau_lrs(losses, patience=5)
+    assert lrs[:6] == [0.1] * 6, "4 epochs without gain: not yet"
+    assert lrs[6] == pytest.approx(0.05), "the 5th epoch without gain cuts the LR"
+    assert lrs[7] == pytest.approx(0.05)
+    assert plateau_lrs([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], patience=2) == [0.1] * 7
+
+
+def test_one_cycle_length_is_the_runs_optimizer_steps() -> None:
+    """Blocks of steps and limit_train_batches: the epoch is counted in optimizer steps."""
+    from dnnlab.schedules import run_length
+
+    assert run_length(TRAINER, "step") == 10 * 100  # 4 blocks x 32 = 128, capped at 100 batches
+    limited = SimpleNamespace(**{**vars(TRAINER), "num_training_batches": 2})
+    assert run_length(limited, "step") == 10 * 64
+    assert run_length(SimpleNamespace(**{**vars(TRAINER), "max_steps": 300}), "step") == 300
+    assert run_length(TRAINER, "epoch") == 10
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_schedule_state_loads_weights_only(name: str) -> None:
+    opt = optimizer()
+    schedule = build_schedule(scheduler_node(name), opt, TRAINER)
+    for _ in range(3):
+        opt.step()
+        schedule.step(1.0) if name == "performance" else schedule.step()
+    buffer = io.BytesIO()
+    torch.save(schedule.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    again = build_schedule(scheduler_node(name), optimizer(), TRAINER)
+    again.load_state_dict(state)
+    assert again.get_last_lr() == schedule.get_last_lr()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["scheduler=piecewise", "scheduler.schedule.boundaries=[15,5]"], "strictly increasing"),
+        (["scheduler=piecewise", "scheduler.schedule.values=[0.1,0.01]"], "one value more"),
+        (["scheduler=piecewise", "scheduler.schedule.values=[0.1,-1,0.01]"], "> 0"),
+        (["scheduler=power", "scheduler.schedule.s=-3"], "scheduler.schedule.s=-3"),
+        (["scheduler=exponential", "scheduler.schedule.decay_rate=2"], "decay_rate=2"),
+        (["scheduler=exponential", "scheduler.interval=batch"], "choose one of: epoch, step"),
+        (["scheduler=exponential", "scheduler.frequency=0"], "scheduler.frequency=0"),
+        (["scheduler=performance", "scheduler.monitor=val/acc"], "does not fit"),
+        (["scheduler=performance", "scheduler.monitor=val/los"], "scheduler.monitor='val/los'"),
+        (["scheduler=performance", "scheduler.schedule.factor=1.5"], "factor=1.5"),
+        (["scheduler=onecycle", "scheduler.schedule.max_lr=-0.1"], "max_lr=-0.1"),
+        (["scheduler=onecycle", "scheduler.schedule.warmup_fraction=0.7"], "< 0.5"),
+        (["scheduler=onecycle", "+scheduler.schedule.foo=1"], "unexpected keyword"),
+        (["scheduler=onecycle", "scheduler.schedule._target_=nowhere.f"], "not an importable"),
+    ],
+)
+def test_bad_schedule_values_are_one_line(overrides: list[str], message: str) -> None:
+    node = plain(compose_config(overrides, output_dir="unused").scheduler)
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as err:
+        build_schedule(node, optimizer(), TRAINER)
+    assert "\n" not in str(err.value)
+
+
+def test_one_cycle_without_momentum_says_how_to_switch_cycling_off() -> None:
+    adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    with pytest.raises(ConfigError, match="cycle_momentum=false"):
+        build_schedule(scheduler_node("onecycle"), adagrad, TRAINER)

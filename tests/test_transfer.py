@@ -1,0 +1,87 @@
+"""Transfer learning: class subsets, reused lower layers, freezing and unfreezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import requires_fashion
+from dnnlab.data import IdxDataModule
+from dnnlab.errors import ConfigError
+from dnnlab.models import build_mlp
+from dnnlab.training import run
+from dnnlab.transfer import load_lower_layers
+
+pytestmark = requires_fashion
+TASK_A = ["data.classes=[1,3,4,5,6,7,8,9]", "model.hidden=[100,100,100]", "test=false"]
+TASK_B = ["data.classes=[0,2]", "data.train_size=200", "model.hidden=[100,100,100]"]
+
+
+def test_class_subsets_relabel_in_listed_order(tmp_path: Path) -> None:
+    dm = IdxDataModule(
+        root=str(tmp_path),
+        search_dirs=["/usr/share/datasets/fashion-mnist"],
+        download=False,
+        classes=[2, 0],
+        train_size=200,
+    )
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.classes == ("Pullover", "T-shirt/top") and dm.num_classes == 2
+    assert len(dm.tensors["train"][1]) == 200 and len(dm.tensors["test"][1]) == 2000
+    assert set(dm.tensors["val"][1].tolist()) == {0, 1}
+    with pytest.raises(ConfigError, match=r"data.classes=\[3, 3\] must list at least 2 distinct"):
+        IdxDataModule(classes=[3, 3])
+
+
+class WeightsPerEpoch(L.Callback):
+    def __init__(self) -> None:
+        self.first_layer: list[torch.Tensor] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.first_layer.append(pl_module.net[1].weight.detach().clone())
+
+
+def test_frozen_layers_keep_their_weights_then_train(make_config) -> None:
+    source = make_config([*TASK_A, "trainer.max_epochs=1"], run="a")
+    run(source)
+    ckpt = Path(source.paths.output_dir) / "checkpoints" / "last.ckpt"
+    reused = torch.load(ckpt, weights_only=True)["state_dict"]["net.1.weight"]
+    target = make_config(
+        [
+            *TASK_B,
+            "trainer.max_epochs=2",
+            f"transfer.ckpt_path={ckpt}",
+            "transfer.freeze_epochs=1",
+            "data.steps_per_block=1",
+            "trainer.limit_train_batches=null",
+        ],
+        run="b",
+    )
+    weights = WeightsPerEpoch()
+    metrics = run(target, extra_callbacks=[weights])
+    frozen, unfrozen = weights.first_layer
+    assert torch.equal(frozen, reused), "bit-identical after the frozen epoch"
+    assert not torch.equal(unfrozen, reused), "trained once unfrozen"
+    assert metrics["test/acc"] > 0.5
+
+
+def test_source_with_another_head_loads_and_mismatch_is_one_line(make_config) -> None:
+    source = make_config(
+        [*TASK_A, "trainer.max_epochs=1", "trainer.limit_train_batches=1"], run="a"
+    )
+    run(source)
+    ckpt = Path(source.paths.output_dir) / "checkpoints" / "last.ckpt"
+    two_classes = build_mlp(784, 2, hidden=[100, 100, 100], activation="relu", init="he_normal")
+    assert load_lower_layers(two_classes, ckpt, None) == 6  # 3 kernels + 3 biases
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert torch.equal(two_classes[5].weight, state["net.5.weight"])
+    assert two_classes[-1].weight.shape == (2, 100), "fresh head of the new size"
+    wider = build_mlp(784, 2, hidden=[300, 100, 100], activation="relu", init="he_normal")
+    with pytest.raises(ConfigError, match=r"transfer.ckpt_path=.*size mismatch"):
+        load_lower_layers(wider, ckpt, None)
+    with pytest.raises(ConfigError, match=r"transfer.layers=4 must be between 1 and 3"):
+        load_lower_layers(two_classes, ckpt, 4)
