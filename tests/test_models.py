@@ -36,7 +36,7 @@ def test_he_normal_variance_matches_two_over_fan_in() -> None:
     [
         (
             {"activation": "relux"},
-            r"model.activation='relux' is not valid; choose one of: elu, leaky_relu",
+            r"model.activation='relux' is not valid; choose one of: elu, gelu, leaky_relu",
         ),
         (
             {"init": "he"},

@@ -26,8 +26,10 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dnnlab.clipping import GradientClipping
 from dnnlab.models import build_mlp
 from dnnlab.optimizers import build_optimizer, check_optimizer
+from dnnlab.regularization import Regularization, dense_layers
 from dnnlab.schedules import build_schedule, check_scheduler
 
 Batch = tuple[Tensor, Tensor]
@@ -98,6 +100,8 @@ class Classifier(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         input_shape: Sequence[int] = (28, 28),
         num_classes: int = 10,
+        regularization: dict[str, Any] | None = None,
+        clipping: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -106,6 +110,10 @@ class Classifier(L.LightningModule):
             check_scheduler(scheduler)
         self.automatic_optimization = False
         self.net = build_mlp(math.prod(input_shape), num_classes, **model)
+        self.regularization = Regularization.from_config(regularization)
+        self.clipping = GradientClipping.from_config(clipping)
+        self.dense = dense_layers(self.net)  # a plain list: the kernels penalties and max-norm see
+        self._penalty_sum, self._penalty_steps = 0.0, 0  # since the last logged point
         accuracy = {"num_classes": num_classes, "average": "micro", "validate_args": False}
         self.train_totals = TrainingTotals()
         self.val_acc = MulticlassAccuracy(**accuracy)
@@ -133,9 +141,18 @@ class Classifier(L.LightningModule):
         for x, y in block:
             logits = self(x)
             loss = F.cross_entropy(logits, y)
+            objective = loss
+            if self.regularization.penalizes:
+                penalty = self.regularization.penalty(self.dense)
+                objective = loss + penalty
+                self._penalty_sum += penalty.detach()
+                self._penalty_steps += 1
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
+            self.manual_backward(objective)
+            if self.clipping.active:
+                self.clipping(self, optimizer)
             optimizer.step()
+            self.regularization.constrain(self.dense)
             step += 1
             self.train_totals.update(loss, logits, y)
             if step % log_every == 0:  # before the schedule moves: the LR this step used
@@ -152,6 +169,9 @@ class Classifier(L.LightningModule):
         """
         loss, accuracy = self.train_totals.since_last_read()
         metrics = {"train/loss": loss, "train/acc_running": accuracy}
+        if self._penalty_steps:  # train/loss is the cross-entropy; the objective adds this
+            metrics["train/penalty"] = float(self._penalty_sum) / self._penalty_steps
+            self._penalty_sum, self._penalty_steps = 0.0, 0
         for i, group in enumerate(optimizer.param_groups):
             suffix = "" if len(optimizer.param_groups) == 1 else f"_group{i}"
             metrics[f"lr{suffix}"] = group["lr"]

@@ -20,6 +20,7 @@ from dnnlab.evaluation import evaluate_split
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
 from dnnlab.resume import resolve_ckpt_path
+from dnnlab.summary import ParameterSummary
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
 from dnnlab.validation import check_ranges
 
@@ -56,6 +57,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         scheduler=plain(cfg.get("scheduler")) or None,
         input_shape=list(datamodule.input_shape),
         num_classes=datamodule.num_classes,
+        regularization=plain(cfg.get("regularization")),
+        clipping=plain(cfg.get("clipping")),
     )
     transfer = cfg.get("transfer")
     if transfer and transfer.ckpt_path:
@@ -66,6 +69,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
 
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's own summary
+        callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
     return instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False)
 
 

@@ -1,4 +1,4 @@
-"""Where the MLP is assembled from config: Flatten, then Dense+activation blocks, then the head."""
+"""Where the MLP is assembled from config: Flatten, hidden blocks, then the head (logits)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from typing import Any
 
 from torch import nn
 
-from dnnlab.errors import ConfigError, invalid_choice
+from dnnlab.errors import ConfigError
 from dnnlab.models.activations import build_activation
-from dnnlab.models.initializers import INITIALIZERS, init_choices, initialize_linear, resolve_init
+from dnnlab.models.blocks import BatchNormChoice, DropoutChoice
+from dnnlab.models.initializers import (
+    PYTORCH,
+    initialize_linear,
+    make_initializer,
+    resolve_init,
+)
 
 
 def build_mlp(
@@ -18,22 +24,51 @@ def build_mlp(
     hidden: Sequence[int] = (300, 100),
     activation: str = "relu",
     activation_params: Mapping[str, Any] | None = None,
+    activation_defaults: Mapping[str, Any] | None = None,
     init: str = "auto",
+    default_init: str = PYTORCH,
+    init_normal: str = "normal",
+    variance_scaling: Mapping[str, Any] | None = None,
+    batch_norm: str = "none",
+    input_batch_norm: bool = False,
+    bn_momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+    dropout: float = 0.0,
+    dropout_kind: str = "auto",
+    dropout_where: str = "all",
 ) -> nn.Sequential:
-    """784 -> hidden... -> num_classes, returning logits (the loss applies the softmax)."""
+    """784 -> hidden... -> num_classes, returning logits (the loss applies the softmax).
+
+    The keyword arguments are the keys of ``conf/model/mlp.yaml``; ``activation_defaults``,
+    ``default_init`` and ``init_normal`` are the library defaults that ``parity`` picks.
+    """
     if not hidden or any(int(units) < 1 for units in hidden):
         raise ConfigError(f"model.hidden={list(hidden)} must be a non-empty list of positive sizes")
-    concrete = resolve_init(init, activation)
-    if concrete not in INITIALIZERS:
-        raise invalid_choice("model.init", init, init_choices())
+    concrete = resolve_init(init, activation, default_init)
+    initializer = make_initializer(concrete, init_normal, variance_scaling)
+    norm = BatchNormChoice(batch_norm, input_batch_norm, bn_momentum, bn_eps)
+    drop = DropoutChoice(dropout, dropout_kind, dropout_where)
+
     layers: list[nn.Module] = [nn.Flatten()]
+    if norm.on_input:
+        layers.append(norm.layer(input_dim))
+    if drop.applies(0, len(hidden)):
+        layers.append(drop.layer(activation))
     fan_in = input_dim
-    for units in hidden:
-        dense = nn.Linear(fan_in, int(units))
-        initialize_linear(dense, concrete)
-        layers += [dense, build_activation(activation, int(units), activation_params)]
-        fan_in = int(units)
+    for position, size in enumerate(hidden, start=1):
+        units = int(size)
+        dense = nn.Linear(fan_in, units, bias=norm.place != "before")
+        initialize_linear(dense, initializer)
+        act = build_activation(activation, units, activation_params, activation_defaults)
+        if norm.place == "before":
+            layers += [dense, norm.layer(units), act]
+        else:
+            layers += [dense, act, *([norm.layer(units)] if norm.place == "after" else [])]
+        if drop.applies(position, len(hidden)):
+            layers.append(drop.layer(activation))
+        fan_in = units
     head = nn.Linear(fan_in, num_classes)
-    initialize_linear(head, "default" if concrete == "default" else "glorot_uniform")
+    # The output layer has no ReLU-family activation: Glorot, Keras' default for Dense.
+    initialize_linear(head, None if concrete == PYTORCH else make_initializer("glorot_uniform"))
     layers.append(head)
     return nn.Sequential(*layers)

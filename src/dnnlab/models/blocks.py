@@ -1,0 +1,69 @@
+"""BatchNorm and dropout choices: where they sit in a hidden block, and their validation.
+
+A hidden block is ``Dense -> activation`` with ``batch_norm: after`` adding ``-> BN`` and
+``batch_norm: before`` giving ``Dense (no bias) -> BN -> activation`` (BN's shift replaces the
+bias, as in the book); dropout, when on, follows the block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from dnnlab.errors import ConfigError, invalid_choice
+
+BATCH_NORM_PLACES = ("none", "before", "after")
+DROPOUT_KINDS = ("auto", "standard", "alpha")
+# all: the input and every hidden layer (the book's example); hidden: every hidden layer;
+# top: only the last hidden layer (the book: "usually only the top one to three layers").
+DROPOUT_PLACES = ("all", "hidden", "top")
+
+
+@dataclass(frozen=True)
+class BatchNormChoice:
+    place: str = "none"
+    on_input: bool = False
+    momentum: float = 0.1  # PyTorch's convention: new = (1 - momentum) * old + momentum * batch
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.place not in BATCH_NORM_PLACES:
+            raise invalid_choice("model.batch_norm", self.place, BATCH_NORM_PLACES)
+        if not 0 <= self.momentum <= 1:
+            raise ConfigError(f"model.bn_momentum={self.momentum} must be in [0, 1]")
+        if not self.eps > 0:
+            raise ConfigError(f"model.bn_eps={self.eps} must be positive")
+
+    def layer(self, features: int) -> nn.BatchNorm1d:
+        return nn.BatchNorm1d(features, eps=self.eps, momentum=self.momentum)
+
+
+@dataclass(frozen=True)
+class DropoutChoice:
+    rate: float = 0.0
+    kind: str = "auto"
+    place: str = "all"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rate < 1:
+            raise ConfigError(f"model.dropout={self.rate} must be in [0, 1)")
+        if self.kind not in DROPOUT_KINDS:
+            raise invalid_choice("model.dropout_kind", self.kind, DROPOUT_KINDS)
+        if self.place not in DROPOUT_PLACES:
+            raise invalid_choice("model.dropout_where", self.place, DROPOUT_PLACES)
+
+    def layer(self, activation: str) -> nn.Module:
+        """Alpha dropout keeps a SELU net self-normalizing; ``auto`` picks it for SELU."""
+        alpha = self.kind == "alpha" or (self.kind == "auto" and activation == "selu")
+        return nn.AlphaDropout(self.rate) if alpha else nn.Dropout(self.rate)
+
+    def applies(self, position: int, num_hidden: int) -> bool:
+        """Whether dropout follows layer ``position``: 0 is the input, 1..num_hidden hidden."""
+        if self.rate == 0:
+            return False
+        if self.place == "all":
+            return True
+        if self.place == "hidden":
+            return position >= 1
+        return position == num_hidden

@@ -1,0 +1,83 @@
+"""Weight penalties added to the loss, and the max-norm constraint applied after each step.
+
+Both act on the kernels of the Dense layers (``nn.Linear`` weights), as Keras'
+``kernel_regularizer`` / ``kernel_constraint`` on every Dense layer in the book.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dnnlab.errors import ConfigError, invalid_choice
+
+MAX_NORM_AXES = ("incoming", "outgoing")
+
+
+def dense_layers(net: nn.Module) -> list[nn.Linear]:
+    return [m for m in net.modules() if isinstance(m, nn.Linear)]
+
+
+@dataclass(frozen=True)
+class Regularization:
+    """``l1 * sum|w| + l2 * sum w^2`` over the kernels; max-norm ``r`` on each unit's weights."""
+
+    l1: float = 0.0
+    l2: float = 0.0
+    max_norm: float | None = None
+    max_norm_axis: str = "incoming"
+    max_norm_biases: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("l1", "l2"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"regularization.{key}={getattr(self, key)} must be >= 0")
+        if self.max_norm is not None and not self.max_norm > 0:
+            raise ConfigError(f"regularization.max_norm={self.max_norm} must be positive or null")
+        if self.max_norm_axis not in MAX_NORM_AXES:
+            raise invalid_choice("regularization.max_norm_axis", self.max_norm_axis, MAX_NORM_AXES)
+        if self.max_norm_biases and self.max_norm_axis != "incoming":
+            raise ConfigError(
+                "regularization.max_norm_biases=true needs regularization.max_norm_axis=incoming"
+            )
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> Regularization:
+        try:
+            return cls(**dict(node or {}))
+        except TypeError as err:
+            raise ConfigError(f"regularization={dict(node or {})}: {err}") from None
+
+    @property
+    def penalizes(self) -> bool:
+        return self.l1 > 0 or self.l2 > 0
+
+    def penalty(self, layers: list[nn.Linear]) -> Tensor:
+        """The term added to the loss (Keras' definition: no 1/2 factor)."""
+        total = torch.zeros((), device=layers[0].weight.device)
+        for layer in layers:
+            if self.l1:
+                total = total + self.l1 * layer.weight.abs().sum()
+            if self.l2:
+                total = total + self.l2 * layer.weight.square().sum()
+        return total
+
+    @torch.no_grad()
+    def constrain(self, layers: list[nn.Linear]) -> None:
+        """Rescale each weight vector whose L2 norm exceeds ``max_norm`` down to it."""
+        if self.max_norm is None:
+            return
+        for layer in layers:
+            if self.max_norm_axis == "outgoing":  # each input's weights to all units: a column
+                layer.weight.copy_(layer.weight.renorm(2, 1, self.max_norm))
+            elif self.max_norm_biases and layer.bias is not None:
+                joint = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
+                joint = joint.renorm(2, 0, self.max_norm)
+                layer.weight.copy_(joint[:, :-1])
+                layer.bias.copy_(joint[:, -1])
+            else:  # each unit's incoming weights: a row of the (out, in) weight
+                layer.weight.renorm_(2, 0, self.max_norm)
