@@ -91,7 +91,7 @@ CASES = [
     (
         "unknown activation",
         ["model.activation=relux"],
-        r"model.activation='relux' is not valid; choose one of: elu, leaky_relu",
+        r"model.activation='relux' is not valid; choose one of: elu, gelu, leaky_relu",
     ),
     (
         "torch rejects the arguments",
