@@ -96,3 +96,17 @@ def test_eval_py_evaluates_a_saved_run_from_its_checkpoint(make_config, tmp_path
     assert metrics["plain/acc"] > 0.6
     bad = run_script(tmp_path, "eval.py", f"ckpt_path={tmp_path}/nothing.ckpt")
     assert bad.returncode == 2 and "is not a file" in bad.stderr
+
+
+@requires_fashion
+def test_train_reports_mc_dropout_next_to_plain(make_config) -> None:
+    cfg = make_config(["model.dropout=0.2", "mc_dropout.samples=5", "model.batch_norm=after"])
+    metrics = run(cfg)
+    assert {"plain/acc", "plain/ece", "mc/acc", "mc/ece", "mc/std", "mc/entropy"} <= set(metrics)
+    assert metrics["mc/std"] > 0 and metrics["mc/acc"] > 0.5
+    assert metrics["plain/acc"] > 0.5  # all 10,000 test images (the quick test used 1,000)
+    rows = list(csv.DictReader((Path(cfg.paths.output_dir) / "predictions.csv").open()))
+    assert len(rows) == 10000 and float(rows[0]["mc_std"]) >= 0
+    no_dropout = make_config(["mc_dropout.samples=5"], run="plain")
+    with pytest.raises(ConfigError, match=r"mc_dropout.samples=5 needs dropout layers"):
+        run(no_dropout)
