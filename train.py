@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.errors import DnnlabError
+from dnnlab.errors import user_error
 from dnnlab.training import run
 
 log = logging.getLogger("dnnlab")
@@ -18,7 +18,10 @@ log = logging.getLogger("dnnlab")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg)
-    except DnnlabError as err:
+    except Exception as raised:  # a user error may come wrapped by Hydra's instantiate
+        err = user_error(raised)
+        if err is None:
+            raise
         log.error(str(err))
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

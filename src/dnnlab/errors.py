@@ -32,3 +32,14 @@ def lookup(registry: Mapping[str, T], key: str, name: str) -> T:
         return registry[name]
     except (KeyError, TypeError):
         raise invalid_choice(key, name, registry) from None
+
+
+def user_error(raised: BaseException) -> DnnlabError | None:
+    """The user error behind ``raised``, if any: ``hydra.utils.instantiate`` wraps the errors of
+    the classes it builds (``InstantiationException``) with the original as the cause."""
+    cause: BaseException | None = raised
+    while cause is not None:
+        if isinstance(cause, DnnlabError):
+            return cause
+        cause = cause.__cause__
+    return None

@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import Tensor, nn
@@ -27,6 +26,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dnnlab.errors import lookup
+from dnnlab.losses import LOSSES
 from dnnlab.models import build_mlp
 
 Batch = tuple[Tensor, Tensor]
@@ -79,7 +80,10 @@ class TrainingTotals(nn.Module):
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classifier logging loss and accuracy per stage, and ``val/acc_best``."""
+    """Classifier logging loss and accuracy per stage, and ``val/acc_best``.
+
+    ``loss`` names an entry of :data:`dnnlab.losses.LOSSES` (cross-entropy by default).
+    """
 
     def __init__(
         self,
@@ -88,10 +92,12 @@ class Classifier(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         input_shape: Sequence[int] = (28, 28),
         num_classes: int = 10,
+        loss: str = "cross_entropy",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
+        self.loss_fn = lookup(LOSSES, "loss", loss)
         self.net = build_mlp(math.prod(input_shape), num_classes, **model)
         accuracy = {"num_classes": num_classes, "average": "micro", "validate_args": False}
         self.train_totals = TrainingTotals()
@@ -119,7 +125,7 @@ class Classifier(L.LightningModule):
         step = self.global_step
         for x, y in block:
             logits = self(x)
-            loss = F.cross_entropy(logits, y)
+            loss = self.loss_fn(logits, y)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
@@ -177,7 +183,7 @@ class Classifier(L.LightningModule):
     ) -> None:
         x, y = batch
         logits = self(x)
-        loss_metric.update(F.cross_entropy(logits, y), weight=len(y))
+        loss_metric.update(self.loss_fn(logits, y), weight=len(y))
         acc_metric.update(logits, y)
         self.log(f"{stage}/loss", loss_metric, prog_bar=True)
         self.log(f"{stage}/acc", acc_metric, prog_bar=True)

@@ -47,6 +47,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         scheduler=plain(cfg.get("scheduler")) or None,
         input_shape=list(datamodule.input_shape),
         num_classes=datamodule.num_classes,
+        loss=cfg.get("loss", "cross_entropy"),
     )
 
 
