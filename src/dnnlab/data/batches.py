@@ -66,7 +66,12 @@ class TensorBatches:
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels, self.batch_size, self.sampler = images, labels, batch_size, sampler
+        self.images, self.labels, self.batch_size, self.sampler = (
+            images,
+            labels,
+            batch_size,
+            sampler,
+        )
         self.steps_per_block = steps_per_block
 
     @property

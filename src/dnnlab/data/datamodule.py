@@ -33,7 +33,8 @@ def load_arrays(name: str, directory: str, verify: bool = True) -> dict[str, np.
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DataError(
-                f"{directory}: {split} files disagree (images {images.shape}, labels {labels.shape})"
+                f"{directory}: {split} files disagree "
+                f"(images {images.shape}, labels {labels.shape})"
             )
     return arrays
 
@@ -98,7 +99,9 @@ class IdxDataModule(L.LightningDataModule):
         return (28, 28)
 
     def prepare_data(self) -> None:
-        self._directory = locate(self.name, self.root, self.search_dirs, self.download, self.mirrors)
+        self._directory = locate(
+            self.name, self.root, self.search_dirs, self.download, self.mirrors
+        )
 
     def _device(self) -> torch.device:
         trainer = self.trainer
@@ -147,7 +150,9 @@ class IdxDataModule(L.LightningDataModule):
         order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed))
         return order[self.val_size :].sort().values, order[: self.val_size].sort().values
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
         # Batches are sliced from tensors already on the training device: nothing to move.
         first = batch[0][0] if isinstance(batch, list) else batch[0]
         if first.device == device:
@@ -164,7 +169,9 @@ class IdxDataModule(L.LightningDataModule):
         return TensorBatches(x, y, batch_size, order, steps_per_block)
 
     def train_dataloader(self) -> TensorBatches:
-        return self._loader("train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block)
+        return self._loader(
+            "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
+        )
 
     def val_dataloader(self) -> TensorBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -32,7 +32,7 @@ def read_idx_bytes(path: Path) -> bytes:
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Parse IDX bytes: 2 zero bytes, a type code, the number of dims, then big-endian int32 dims."""
+    """Parse IDX bytes: 2 zero bytes, a type code, the number of dims, big-endian int32 dims."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_DTYPES:
         raise DataError(f"{source}: not an IDX file (bad magic number {data[:4].hex() or 'empty'})")
     dtype, ndim = IDX_DTYPES[data[2]], data[3]

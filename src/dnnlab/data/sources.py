@@ -1,4 +1,4 @@
-"""Where the (Fashion-)MNIST files come from: known checksums, local search and verified download."""
+"""Where the (Fashion-)MNIST files come from: known checksums, local search, verified download."""
 
 from __future__ import annotations
 
@@ -42,8 +42,16 @@ DATASETS: dict[str, DatasetSpec] = {
     "fashion_mnist": DatasetSpec(
         title="Fashion-MNIST",
         classes=(
-            "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-            "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
         ),
         gz_md5={
             "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
