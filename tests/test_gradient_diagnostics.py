@@ -53,8 +53,9 @@ def test_verdict_on_selu_self_normalization_dead_and_saturated_units() -> None:
     holds = [[[0.02, 0.97, 0.0, math.nan]] * 100]
     report = judge(Samples([1, 1], [1], [[1.0, 1.0]], holds, selu=True), LIMITS)
     assert report["selu_self_normalizing"]
-    assert "SELU self-normalization holds: activations mean 0.02, std 0.97 across 100 layers" in (
-        report["verdict"]
+    assert (
+        "SELU self-normalization holds: activations mean 0.02, std 0.97 across 100 layers"
+        in (report["verdict"])
     )
     drifts = [[[0.0, 1.0, 0.0, math.nan], [0.6, 2.0, 1.0, math.nan]]]
     report = judge(Samples([1, 1], [1], [[1.0, 1.0]], drifts, selu=True), LIMITS)
