@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import requires_fashion
 from dnnlab.diagnostics import GradientDiagnostics
 from dnnlab.diagnostics.callback import FIGURE_FILE, VERDICT_FILE
+from dnnlab.diagnostics.figures import by_epoch, close, grad_norm_vs_depth
 from dnnlab.diagnostics.layers import activation_stats
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import ConfigError
@@ -75,6 +76,18 @@ def test_activation_stats_follow_their_definitions() -> None:
     assert mean == pytest.approx(post.mean().item()) and std == pytest.approx(post.std().item())
     assert dead == pytest.approx(1 / 3), "only the first unit is negative on every example"
     assert tails == pytest.approx(3 / 6), "sigmoid(6), sigmoid(-9), sigmoid(12) are within 0.01"
+
+
+def test_figure_shows_first_and_last_epochs_at_most_eight_lines() -> None:
+    lines = by_epoch(list(range(200)), [[1.0, float(e + 1)] for e in range(200)])
+    labels = list(lines)
+    assert len(labels) == 8 and labels[0] == "epoch 1" and labels[-1] == "epoch 200"
+    assert list(by_epoch([0, 1, 2], [[1.0]] * 3)) == ["epoch 1", "epoch 2", "epoch 3"]
+    figure = grad_norm_vs_depth(lines)
+    (axes,) = figure.axes
+    assert axes.get_yscale() == "log" and len(axes.get_lines()) == 8
+    assert list(axes.get_lines()[-1].get_ydata()) == [1.0, 200.0]
+    close(figure)
 
 
 def test_bad_settings_are_one_line_config_errors(make_config) -> None:

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from dnnlab.diagnostics.figures import close, grad_norm_vs_depth
+from dnnlab.diagnostics.figures import by_epoch, close, grad_norm_vs_depth
 from dnnlab.diagnostics.layers import (
     SATURATION,
     activation_layers,
@@ -265,7 +265,7 @@ class GradientDiagnostics(Callback):
                     if values is not None and bool(values.isfinite().all()):  # diverged: none
                         writer.add_histogram(f"{kind}/{name}", values.detach(), step)
         if self.figure_every_n_epochs and (epoch + 1) % self.figure_every_n_epochs == 0:
-            figure = grad_norm_vs_depth(self.epochs, self.epoch_grad_norms)
+            figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
             writer.add_figure("grad_norm_vs_depth", figure, step)  # closes the figure
 
     # ------------------------------------------------------------------------------ verdict
@@ -290,7 +290,7 @@ class GradientDiagnostics(Callback):
         report = {**self.verdict, "thresholds": self.thresholds.as_dict(), **self._history()}
         (folder / VERDICT_FILE).write_text(json.dumps(report, indent=2, allow_nan=True))
         if self.epoch_grad_norms:
-            figure = grad_norm_vs_depth(self.epochs, self.epoch_grad_norms)
+            figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
             figure.savefig(folder / FIGURE_FILE)
             close(figure)
 

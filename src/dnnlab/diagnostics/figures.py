@@ -1,8 +1,8 @@
-"""The gradient-norm-versus-depth figure: one line per epoch, so the decay with depth shows."""
+"""The gradient-norm-versus-depth figure: one line per epoch (or per run), so the decay shows."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
@@ -12,22 +12,18 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 
-def grad_norm_vs_depth(
-    epochs: Sequence[int], norms: Sequence[Sequence[float]], title: str = ""
-) -> Figure:
-    """Mean gradient norm of each dense layer (x: depth, log y), one line per epoch."""
+def grad_norm_vs_depth(lines: Mapping[str, Sequence[float]], title: str = "") -> Figure:
+    """Gradient norm of each dense layer (x: depth, log y), one labelled line per entry."""
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=100)
     colors = plt.get_cmap("viridis")
-    shown = _spread(len(epochs), 8)
-    for rank, i in enumerate(shown):
-        depth = range(1, len(norms[i]) + 1)
-        color = colors(rank / max(len(shown) - 1, 1))
-        axes.plot(depth, norms[i], marker="o", color=color, label=f"epoch {epochs[i] + 1}")
+    for rank, (label, norms) in enumerate(lines.items()):
+        color = colors(rank / max(len(lines) - 1, 1))
+        axes.plot(range(1, len(norms) + 1), norms, marker="o", color=color, label=label)
+    depth = max((len(norms) for norms in lines.values()), default=0)
+    axes.set_xticks(range(1, depth + 1))
     axes.set_yscale("log")
     axes.set_xlabel("layer (1 = first hidden, last = output)")
     axes.set_ylabel("gradient norm")
-    if norms:
-        axes.set_xticks(range(1, len(norms[0]) + 1))
     axes.set_title(title or "gradient norm vs depth")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
@@ -35,11 +31,14 @@ def grad_norm_vs_depth(
     return figure
 
 
-def _spread(count: int, most: int) -> list[int]:
-    """At most ``most`` indices from 0 to count - 1, first and last included."""
+def by_epoch(epochs: Sequence[int], norms: Sequence[Sequence[float]], most: int = 8) -> dict:
+    """At most ``most`` epochs' lines, first and last included, labelled by epoch (1-based)."""
+    count = len(epochs)
     if count <= most:
-        return list(range(count))
-    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
+        shown = list(range(count))
+    else:
+        shown = sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
+    return {f"epoch {epochs[i] + 1}": norms[i] for i in shown}
 
 
 def close(figure: Figure) -> None:
