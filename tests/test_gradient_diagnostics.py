@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -11,13 +14,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import requires_fashion
+from conftest import ROOT, requires_fashion
+from dnnlab.config import compose_config
 from dnnlab.diagnostics import GradientDiagnostics
 from dnnlab.diagnostics.callback import FIGURE_FILE, VERDICT_FILE
 from dnnlab.diagnostics.figures import by_epoch, close, grad_norm_vs_depth
 from dnnlab.diagnostics.layers import activation_stats
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import ConfigError
+from dnnlab.losses import LOSSES
+from dnnlab.module import Classifier
 from dnnlab.training import build_callbacks, run
 
 LIMITS = Thresholds()
@@ -201,3 +207,43 @@ def test_switched_off_by_config(make_config) -> None:
     cfg = make_config(["trainer.max_epochs=1", "test=false", "callbacks.gradient_diagnostics=null"])
     run(cfg)
     assert not (Path(cfg.paths.output_dir) / VERDICT_FILE).exists()
+
+
+# ------------------------------------------------------- the loss of the classic experiment
+def test_mse_loss_is_the_mean_squared_error_of_sigmoid_outputs_and_one_hot_targets() -> None:
+    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.0, 0.0]])
+    target = torch.tensor([1, 0])
+    expected = (
+        sum(
+            (torch.sigmoid(logits[i, j]) - float(j == target[i])) ** 2
+            for i in range(2)
+            for j in range(3)
+        )
+        / 6
+    )
+    assert LOSSES["mse"](logits, target).item() == pytest.approx(expected.item())
+    with pytest.raises(ConfigError, match=r"loss='hinge' is not valid; choose one of: "):
+        Classifier(model={"hidden": [4]}, optimizer={"_target_": "torch.optim.SGD"}, loss="hinge")
+
+
+def test_vanishing_sigmoid_experiment_composes_the_classic_setup(tmp_path: Path) -> None:
+    cfg = compose_config(["experiment=vanishing_sigmoid"], output_dir=tmp_path)
+    assert cfg.data.name == "mnist" and cfg.data.batch_size == 100 and cfg.loss == "mse"
+    assert list(cfg.model.hidden) == [15, 15, 15, 15] and cfg.model.activation == "sigmoid"
+    assert cfg.optimizer.lr == 0.2 and cfg.optimizer.momentum == 0 and cfg.trainer.max_epochs == 200
+    assert cfg.callbacks.gradient_diagnostics is not None
+
+
+@pytest.mark.slow
+def test_bad_diagnostics_setting_stops_train_py_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "callbacks.gradient_diagnostics.every_n_steps=0"],
+        cwd=ROOT,
+        env={**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    assert "callbacks.gradient_diagnostics.every_n_steps=0 must be an integer >= 1" in line
