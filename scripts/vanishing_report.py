@@ -5,7 +5,7 @@
 
 Per member (one depth): final training accuracy, best validation and test accuracy, the verdict's
 first-to-last RMS gradient ratio, and the mean absolute weight change of the first and the output
-layer in the last epoch; the figure has the last epoch's gradient norm vs depth, a line per net.
+layer in the last epoch; the figure has one epoch's gradient norm vs depth, a line per net.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument("--figure", type=Path, default=None)
+    parser.add_argument("--epoch", type=int, default=0, help="epoch of the figure (0: the last)")
     args = parser.parse_args()
     members = sorted(p.parent for p in args.sweep.glob(f"*/{VERDICT_FILE}"))
     print(
@@ -54,11 +55,12 @@ def main() -> None:
             f"| {found.get('test/acc', float('nan')):.3f} | {ratio:.2g} | {first:.1e}, {last:.1e} |"
         )
         norms = report["grad_norm_per_epoch"]
-        lines[f"{depth} hidden layer{'s' * (depth > 1)}"] = [v[-1] for v in norms.values()]
+        index = args.epoch - 1 if args.epoch else -1
+        lines[f"{depth} hidden layer{'s' * (depth > 1)}"] = [v[index] for v in norms.values()]
         for line in report["verdict"]:
             print(f"<!-- {depth} hidden: {line} -->")
     if args.figure and lines:
-        figure = grad_norm_vs_depth(lines, "gradient norm vs depth, last epoch")
+        figure = grad_norm_vs_depth(lines, f"gradient norm vs depth, epoch {args.epoch or 'last'}")
         args.figure.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(args.figure)
         close(figure)
