@@ -94,6 +94,7 @@ def test_figure_shows_first_and_last_epochs_at_most_eight_lines() -> None:
     assert axes.get_yscale() == "log" and len(axes.get_lines()) == 8
     assert list(axes.get_lines()[-1].get_ydata()) == [1.0, 200.0]
     close(figure)
+    close(grad_norm_vs_depth({"diverged": [math.nan, math.inf, 0.0]}))  # gaps, no error
 
 
 def test_bad_settings_are_one_line_config_errors(make_config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib
@@ -16,12 +17,17 @@ def grad_norm_vs_depth(lines: Mapping[str, Sequence[float]], title: str = "") ->
     """Gradient norm of each dense layer (x: depth, log y), one labelled line per entry."""
     figure, axes = plt.subplots(figsize=(5, 3.5), dpi=100)
     colors = plt.get_cmap("viridis")
+    drawable = False
     for rank, (label, norms) in enumerate(lines.items()):
+        # A diverged (inf/NaN) or zero norm has no place on a log axis: leave a gap.
+        shown = [v if math.isfinite(v) and v > 0 else math.nan for v in norms]
+        drawable = drawable or any(v == v for v in shown)
         color = colors(rank / max(len(lines) - 1, 1))
-        axes.plot(range(1, len(norms) + 1), norms, marker="o", color=color, label=label)
+        axes.plot(range(1, len(shown) + 1), shown, marker="o", color=color, label=label)
     depth = max((len(norms) for norms in lines.values()), default=0)
     axes.set_xticks(range(1, depth + 1))
-    axes.set_yscale("log")
+    if drawable:
+        axes.set_yscale("log")
     axes.set_xlabel("layer (1 = first hidden, last = output)")
     axes.set_ylabel("gradient norm")
     axes.set_title(title or "gradient norm vs depth")
