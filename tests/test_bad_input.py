@@ -80,7 +80,7 @@ CASES = [
     (
         "negative rate",
         ["optimizer.lr=-0.1"],
-        r"optimizer.lr=-0.1 is out of range; expected a learning rate >= 0",
+        r"optimizer.lr=-0.1 is out of range; expected a learning rate > 0",
     ),
     (
         "dropout >= 1",
@@ -192,7 +192,8 @@ def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -
         ("model.alpha_dropout", -0.1, False),
         ("regularization.dropout.rate", 1.5, False),
         ("mc_dropout.samples", 100, True),  # a count, not a rate
-        ("optimizer.lr", 0.0, True),
+        ("optimizer.lr", 1e-3, True),
+        ("optimizer.lr", 0.0, False),
         ("optimizer.weight_decay", -1e-4, False),
     ],
 )

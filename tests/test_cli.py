@@ -52,7 +52,10 @@ def test_missing_data_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optimizer=adam", "optimizer.lr=-0.001"], "error: optimizer.lr=-0.001 must be > 0"),
+        (
+            ["optimizer=adam", "optimizer.lr=-0.001"],
+            "error: optimizer.lr=-0.001 is out of range; expected a learning rate > 0",
+        ),
         (
             ["scheduler=piecewise", "scheduler.schedule.boundaries=[15,5]"],
             "error: scheduler.schedule.boundaries=[15, 5] must be strictly increasing",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from dnnlab.config import CONFIG_DIR, compose_config
@@ -32,15 +33,22 @@ def sweep_params(experiment: str) -> dict[str, str]:
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_member_of_every_experiment_composes(experiment: str, tmp_path: Path) -> None:
     params = sweep_params(experiment)
-    members = [[]] + [[f"{k}={v}"] for k, values in params.items() for v in values.split(",")]
+    parser = OverridesParser.create()
+    members = [[]] + [
+        [f"{key}={value}"]
+        for key, values in params.items()
+        for value in parser.parse_overrides([f"{key}={values}"])[0].sweep_string_iterator()
+    ]
     for member in members:
         cfg = compose_config(
             [f"experiment={experiment}", *NEEDS.get(experiment, []), *member], output_dir=tmp_path
         )
         assert cfg.name == experiment
         for override in member:
-            key, value = override.split("=")
-            if key not in GROUPS:  # a group choice is checked by composing it
+            key, value = override.split("=", 1)
+            if key not in GROUPS and not value.startswith(
+                "["
+            ):  # a group choice is checked by composing it
                 assert same(OmegaConf.select(cfg, key), value), (key, value)
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -27,6 +26,8 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from dnnlab.clipping import GradientClipping
+from dnnlab.errors import lookup
+from dnnlab.losses import LOSSES
 from dnnlab.models import build_mlp
 from dnnlab.optimizers import build_optimizer, check_optimizer
 from dnnlab.regularization import Regularization, dense_layers
@@ -91,7 +92,10 @@ class TrainingTotals(nn.Module):
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classifier logging loss and accuracy per stage, and ``val/acc_best``."""
+    """Classifier logging loss and accuracy per stage, and ``val/acc_best``.
+
+    ``loss`` names an entry of :data:`dnnlab.losses.LOSSES` (cross-entropy by default).
+    """
 
     def __init__(
         self,
@@ -102,6 +106,7 @@ class Classifier(L.LightningModule):
         num_classes: int = 10,
         regularization: dict[str, Any] | None = None,
         clipping: dict[str, Any] | None = None,
+        loss: str = "cross_entropy",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -109,6 +114,7 @@ class Classifier(L.LightningModule):
         if scheduler:
             check_scheduler(scheduler)
         self.automatic_optimization = False
+        self.loss_fn = lookup(LOSSES, "loss", loss)
         self.net = build_mlp(math.prod(input_shape), num_classes, **model)
         self.regularization = Regularization.from_config(regularization)
         self.clipping = GradientClipping.from_config(clipping)
@@ -140,7 +146,7 @@ class Classifier(L.LightningModule):
         step = self.global_step
         for x, y in block:
             logits = self(x)
-            loss = F.cross_entropy(logits, y)
+            loss = self.loss_fn(logits, y)
             objective = loss
             if self.regularization.penalizes:
                 penalty = self.regularization.penalty(self.dense)
@@ -211,7 +217,7 @@ class Classifier(L.LightningModule):
     ) -> None:
         x, y = batch
         logits = self(x)
-        loss_metric.update(F.cross_entropy(logits, y), weight=len(y))
+        loss_metric.update(self.loss_fn(logits, y), weight=len(y))
         acc_metric.update(logits, y)
         self.log(f"{stage}/loss", loss_metric, prog_bar=True)
         self.log(f"{stage}/acc", acc_metric, prog_bar=True)

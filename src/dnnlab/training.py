@@ -59,6 +59,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         num_classes=datamodule.num_classes,
         regularization=plain(cfg.get("regularization")),
         clipping=plain(cfg.get("clipping")),
+        loss=cfg.get("loss", "cross_entropy"),
     )
     transfer = cfg.get("transfer")
     if transfer and transfer.ckpt_path:

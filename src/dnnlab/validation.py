@@ -22,7 +22,7 @@ Rule = tuple[Callable[[float], bool], str]
 # Full dotted key pattern -> (test, what is valid). Patterns match any group option that has the
 # key, so optimizers and regularizers added later are checked without a change here.
 RANGE_RULES: dict[str, Rule] = {
-    "optimizer.lr": (lambda v: v >= 0, "a learning rate >= 0"),
+    "optimizer.lr": (lambda v: v > 0, "a learning rate > 0"),
     "optimizer.momentum": (lambda v: 0 <= v < 1, "a momentum in [0, 1)"),
     "optimizer.weight_decay": (lambda v: v >= 0, "a weight decay >= 0"),
     "optimizer.eps": (lambda v: v >= 0, "an epsilon >= 0"),

@@ -1,0 +1,330 @@
+"""``GradientDiagnostics``: per-layer gradients, updates and activations, a figure and a verdict.
+
+Cheap by design under the module's manual optimization, where ``on_after_backward`` and
+``on_before_optimizer_step`` fire for every optimizer step: on a step that is not sampled they do
+an integer test and return. On a sampled step (the first, then every ``every_n_steps``) the
+gradient norms and the activation statistics (from forward hooks that live for that one step
+only) stay on the device; they reach the host and the loggers once per Lightning batch (a block
+of steps), so there is no host sync per step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from dnnlab.diagnostics.figures import by_epoch, close, grad_norm_vs_depth
+from dnnlab.diagnostics.layers import (
+    SATURATION,
+    activation_layers,
+    activation_stats,
+    layer_names,
+    weight_layers,
+)
+from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
+from dnnlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEY = "callbacks.gradient_diagnostics"
+ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
+VERDICT_FILE = "gradient_diagnostics.json"
+FIGURE_FILE = "grad_norm_vs_depth.png"
+
+# TensorBoard's custom-scalar layout: one chart per quantity, one line per layer (tag regexes).
+LAYOUT = {
+    "gradients per layer": {
+        "grad_norm (before clipping)": ["Multiline", [r"grad_norm/.*"]],
+        "grad_norm_clipped (after clipping)": ["Multiline", [r"grad_norm_clipped/.*"]],
+        "update_ratio (|update| / |weights|)": ["Multiline", [r"update_ratio/.*"]],
+        "weight_change (mean |change| per epoch)": ["Multiline", [r"weight_change/.*"]],
+    },
+    "activations per layer": {name: ["Multiline", [rf"{name}/.*"]] for name in ACTIVATION_STATS},
+}
+
+
+def _norms(layers: list[nn.Linear]) -> Tensor:
+    """L2 norm of each layer's weight gradient, as one device tensor (0 where there is none)."""
+    return torch.stack(
+        [
+            torch.linalg.vector_norm(w.grad) if w.grad is not None else w.new_zeros(())
+            for w in (layer.weight for layer in layers)
+        ]
+    )
+
+
+class GradientDiagnostics(Callback):
+    """Make vanishing and exploding gradients visible, layer by layer, and say which it was.
+
+    Logged per dense layer at sampled steps: ``grad_norm`` (before clipping), ``grad_norm_clipped``
+    (when clipping changed the gradient), ``update_ratio`` (|weight update| / |weights|) and, per
+    hidden layer, ``act_mean``, ``act_std``, ``dead_fraction``, ``saturated_fraction``; per epoch
+    ``weight_change`` (mean absolute change of the weights over the epoch), weight and gradient
+    histograms and the gradient-norm-vs-depth figure. At the end of fit, the verdict goes to the
+    log and, with the per-layer figures behind it, to ``gradient_diagnostics.json`` in ``dirpath``.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 50,
+        histogram_every_n_epochs: int = 1,
+        figure_every_n_epochs: int = 1,
+        saturation_eps: float = 0.01,
+        dirpath: str | None = None,
+        verdict: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value, least in (
+            ("every_n_steps", every_n_steps, 1),
+            ("histogram_every_n_epochs", histogram_every_n_epochs, 0),
+            ("figure_every_n_epochs", figure_every_n_epochs, 0),
+        ):
+            if not isinstance(value, int) or value < least:
+                raise ConfigError(f"{KEY}.{key}={value!r} must be an integer >= {least}")
+        if not 0 < saturation_eps < 0.5:
+            raise ConfigError(f"{KEY}.saturation_eps={saturation_eps!r} must be in (0, 0.5)")
+        self.every_n_steps = every_n_steps
+        self.histogram_every_n_epochs = histogram_every_n_epochs
+        self.figure_every_n_epochs = figure_every_n_epochs
+        self.saturation_eps = saturation_eps
+        self.dirpath = dirpath
+        self.thresholds = Thresholds.from_config(verdict)
+        self.verdict: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------ set-up
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.layers = weight_layers(pl_module)
+        self.activations = activation_layers(pl_module)
+        self.names = layer_names(len(self.layers))
+        self.saturation = [SATURATION.get(type(a)) for a in self.activations]
+        self.steps: list[int] = []
+        self.grad_norms: list[list[float]] = []
+        self.activation_history: list[list[list[float]]] = []
+        self.epochs: list[int] = []
+        self.epoch_grad_norms: list[list[float]] = []
+        self.weight_changes: list[list[float]] = []
+        self._pending: list[dict[str, Any]] = []
+        self._record: dict[str, Any] | None = None
+        self._hooks: list[RemovableHandle] = []
+        self._captured: dict[int, Tensor] = {}
+        self._before_update: list[Tensor] | None = None
+        self._epoch_start_weights: list[Tensor] = []
+        self._epoch_first_sample = 0
+        self.verdict = {}
+        writer = self._writer(trainer)
+        if writer is not None:
+            writer.add_custom_scalars(LAYOUT)
+        self._hold_hooks()  # the first step is always sampled
+
+    def _writer(self, trainer: L.Trainer) -> Any:
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+    # ------------------------------------------------------------------ activation hooks
+    def _hold_hooks(self) -> None:
+        """Hook the activations for the next forward pass only (hooks slow every call)."""
+        if self._hooks:
+            return
+        self._captured.clear()
+        for index, module in enumerate(self.activations):
+            self._hooks.append(module.register_forward_hook(self._capture(index)))
+
+    def _capture(self, index: int) -> Any:
+        saturated = self.saturation[index]
+
+        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if module.training:
+                pre = inputs[0]
+                self._captured[index] = activation_stats(
+                    pre, output, saturated, self.saturation_eps
+                )
+
+        return hook
+
+    def _release_hooks(self) -> Tensor | None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        if self.activations and len(self._captured) == len(self.activations):
+            return torch.stack([self._captured[i] for i in range(len(self.activations))])
+        return None
+
+    # ------------------------------------------------------------------- optimizer steps
+    def _sampled(self, step: int) -> bool:
+        return step % self.every_n_steps == 0 or not (self.steps or self._pending)
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish_update()
+        step = trainer.global_step + 1  # the optimizer step this gradient is for
+        if self._sampled(step):
+            activations = self._release_hooks()
+            self._record = {"step": step, "pre": _norms(self.layers), "act": activations}
+
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
+    ) -> None:
+        step = trainer.global_step + 1
+        if self._record is not None:
+            # Gradient clipping, if any, has happened between the two hooks.
+            self._record["post"] = _norms(self.layers)
+            self._before_update = [layer.weight.detach().clone() for layer in self.layers]
+            self._pending.append(self._record)
+            self._record = None
+        if (step + 1) % self.every_n_steps == 0:
+            self._hold_hooks()
+
+    def _finish_update(self) -> None:
+        """Size of the sampled step's update relative to the weights, once the step is done."""
+        if self._before_update is None:
+            return
+        self._pending[-1]["update"] = torch.stack(
+            [
+                torch.linalg.vector_norm(layer.weight.detach() - before)
+                / torch.linalg.vector_norm(before).clamp_min(1e-12)
+                for layer, before in zip(self.layers, self._before_update, strict=True)
+            ]
+        )
+        self._before_update = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._finish_update()
+        self._flush(trainer)
+
+    def _flush(self, trainer: L.Trainer) -> None:
+        """Move the block's samples to the host (one sync) and write them to the loggers."""
+        for record in self._pending:
+            pre, post = record["pre"].tolist(), record["post"].tolist()
+            metrics = {f"grad_norm/{n}": v for n, v in zip(self.names, pre, strict=True)}
+            if post != pre:
+                metrics |= {
+                    f"grad_norm_clipped/{n}": v for n, v in zip(self.names, post, strict=True)
+                }
+            if "update" in record:
+                ratios = record["update"].tolist()
+                metrics |= {f"update_ratio/{n}": v for n, v in zip(self.names, ratios, strict=True)}
+            if record["act"] is not None:
+                stats = record["act"].tolist()
+                for name, values, saturates in zip(
+                    self.names, stats, self.saturation, strict=False
+                ):
+                    for quantity, value in zip(ACTIVATION_STATS, values, strict=True):
+                        if quantity != "saturated_fraction" or saturates:
+                            metrics[f"{quantity}/{name}"] = value
+                self.activation_history.append(stats)
+            self.steps.append(record["step"])
+            self.grad_norms.append(pre)
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=record["step"])
+        self._pending.clear()
+
+    # -------------------------------------------------------------------------------- epochs
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start_weights = [layer.weight.detach().clone() for layer in self.layers]
+        self._epoch_first_sample = len(self.steps) + len(self._pending)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish_update()
+        self._flush(trainer)
+        step, epoch = trainer.global_step, trainer.current_epoch
+        changes = torch.stack(
+            [
+                (layer.weight.detach() - start).abs().mean()
+                for layer, start in zip(self.layers, self._epoch_start_weights, strict=True)
+            ]
+        ).tolist()
+        self.weight_changes.append(changes)
+        for logger in trainer.loggers:
+            metrics = {f"weight_change/{n}": v for n, v in zip(self.names, changes, strict=True)}
+            logger.log_metrics(metrics, step=step)
+        epoch_norms = self.grad_norms[self._epoch_first_sample :]
+        if epoch_norms:
+            self.epochs.append(epoch)
+            self.epoch_grad_norms.append(
+                [statistics.fmean(c) for c in zip(*epoch_norms, strict=True)]
+            )
+        writer = self._writer(trainer)
+        if writer is None:
+            return
+        if self.histogram_every_n_epochs and (epoch + 1) % self.histogram_every_n_epochs == 0:
+            for name, layer in zip(self.names, self.layers, strict=True):
+                for kind, values in (("weights", layer.weight), ("gradients", layer.weight.grad)):
+                    if values is not None and bool(values.isfinite().all()):  # diverged: none
+                        writer.add_histogram(f"{kind}/{name}", values.detach(), step)
+        if self.figure_every_n_epochs and (epoch + 1) % self.figure_every_n_epochs == 0:
+            figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
+            writer.add_figure("grad_norm_vs_depth", figure, step)  # closes the figure
+
+    # ------------------------------------------------------------------------------ verdict
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._conclude(trainer)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """A run stopped by divergence (or Ctrl-C) is the one whose verdict matters most.
+
+        The divergence monitor stops at the end of a block of steps, likely between two samples:
+        the gradients left by the last step are then the evidence, so they are sampled too.
+        """
+        if not hasattr(self, "layers") or self.verdict:
+            return
+        self._finish_update()
+        norms = _norms(self.layers)
+        if not bool(norms.isfinite().all()):
+            record = {"step": trainer.global_step, "pre": norms, "post": norms, "act": None}
+            self._pending.append(record)
+        self._conclude(trainer)
+
+    def _conclude(self, trainer: L.Trainer) -> None:
+        """Judge the samples; write the verdict, its history and the figure on rank zero."""
+        self._release_hooks()
+        self._finish_update()
+        self._flush(trainer)
+        samples = Samples(
+            numel=[layer.weight.numel() for layer in self.layers],
+            steps=self.steps,
+            grad_norms=self.grad_norms,
+            activations=self.activation_history,
+            selu=bool(self.activations) and all(isinstance(a, nn.SELU) for a in self.activations),
+        )
+        self.verdict = judge(samples, self.thresholds)
+        if not trainer.is_global_zero:
+            return
+        for line in self.verdict["verdict"]:
+            log.info("gradient diagnostics: %s", line)
+        folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        report = {**self.verdict, "thresholds": self.thresholds.as_dict(), **self._history()}
+        (folder / VERDICT_FILE).write_text(json.dumps(report, indent=2, allow_nan=True))
+        if self.epoch_grad_norms:
+            figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
+            figure.savefig(folder / FIGURE_FILE)
+            close(figure)
+
+    def _history(self) -> dict[str, Any]:
+        """Per layer: mean gradient norm and mean absolute weight change of each epoch."""
+        return {
+            "layers": self.names,
+            "epochs": [e + 1 for e in self.epochs],
+            "grad_norm_per_epoch": {
+                n: [norms[i] for norms in self.epoch_grad_norms] for i, n in enumerate(self.names)
+            },
+            "weight_change_per_epoch": {
+                n: [changes[i] for changes in self.weight_changes] for i, n in enumerate(self.names)
+            },
+        }
