@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from conftest import QUICK, ROOT, requires_fashion, write_idx_dataset
 from dnnlab.checkpointing import AtomicCheckpointIO
 from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
+from dnnlab.diagnostics.callback import VERDICT_FILE
 from dnnlab.errors import ConfigError
 from dnnlab.resume import resolve_ckpt_path
 from dnnlab.training import run
@@ -136,3 +138,9 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights_and_metrics(tmp_path: 
     assert all(torch.equal(want[k], have[k]) for k in want)
     after = {p.name: p.stat().st_mtime_ns for p in (folder / "checkpoints").iterdir()}
     assert after == before, "the killed run's folder is left as it was"
+    # The gradient diagnostics' history travels in the checkpoint: the verdict sees every step.
+    whole, pieced = (
+        json.loads((tmp_path / r / VERDICT_FILE).read_text()) for r in ("uninterrupted", "resumed")
+    )
+    for key in ("verdict", "epochs", "grad_norm_per_epoch", "weight_change_per_epoch"):
+        assert pieced[key] == whole[key], key

@@ -41,6 +41,15 @@ KEY = "callbacks.gradient_diagnostics"
 ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
 VERDICT_FILE = "gradient_diagnostics.json"
 FIGURE_FILE = "grad_norm_vs_depth.png"
+# What a checkpoint keeps of the samples the verdict and the figures are made from.
+HISTORY = (
+    "steps",
+    "grad_norms",
+    "activation_history",
+    "epochs",
+    "epoch_grad_norms",
+    "weight_changes",
+)
 
 # TensorBoard's custom-scalar layout: one chart per quantity, one line per layer (tag regexes).
 LAYOUT = {
@@ -101,6 +110,7 @@ class GradientDiagnostics(Callback):
         self.dirpath = dirpath
         self.thresholds = Thresholds.from_config(verdict)
         self.verdict: dict[str, Any] = {}
+        self._restored: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------ set-up
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -122,10 +132,38 @@ class GradientDiagnostics(Callback):
         self._epoch_start_weights: list[Tensor] = []
         self._epoch_first_sample = 0
         self.verdict = {}
+        if self._restored:  # resumed from a checkpoint, perhaps mid-epoch
+            self._apply(self._restored)
+            self._restored = {}
         writer = self._writer(trainer)
         if writer is not None:
             writer.add_custom_scalars(LAYOUT)
-        self._hold_hooks()  # the first step is always sampled
+        if self._sampled(trainer.global_step + 1):
+            self._hold_hooks()
+
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self) -> dict[str, Any]:
+        """The history behind the verdict (lists of floats and the epoch's starting weights), so
+        that a run resumed with ``ckpt_path=last`` is judged on all of its steps."""
+        if not hasattr(self, "layers"):
+            return {}
+        return {
+            **{name: getattr(self, name) for name in HISTORY},
+            "epoch_start_weights": self._epoch_start_weights,
+            "epoch_first_sample": self._epoch_first_sample,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = dict(state_dict)  # applied in on_train_start, once the layers are known
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        for name in HISTORY:
+            setattr(self, name, list(state[name]))
+        self._epoch_start_weights = [
+            start.to(layer.weight.device)
+            for start, layer in zip(state["epoch_start_weights"], self.layers, strict=True)
+        ]
+        self._epoch_first_sample = state["epoch_first_sample"]
 
     def _writer(self, trainer: L.Trainer) -> Any:
         for logger in trainer.loggers:
