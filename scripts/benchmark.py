@@ -1,53 +1,119 @@
-"""Speed report: one epoch through ``train.py``'s code path against a hand-written PyTorch loop.
+"""Speed report: one epoch of each workload through ``train.py``'s code path against its floor.
 
-Both run in this process on the same in-memory tensors, alternating, so machine noise hits both;
-the ratio of their best epoch times is the figure reported in README.
+For each workload (the book's LeakyReLU MLP, its BN MLP and the 100-layer SELU net), in this
+process, on the same in-memory tensors, alternating so that machine noise hits every path:
 
-    python scripts/benchmark.py [--repeats 3] [--threads N]
+- ``hand loop``: a minimal hand-written PyTorch loop, the same model, optimizer, batch order and
+  validation pass: the floor;
+- ``dnnlab``: ``dnnlab.training.run`` with the defaults (TensorBoard, checkpoints, divergence
+  monitor, gradient diagnostics);
+- ``dnnlab, diagnostics off``: the same with ``callbacks.gradient_diagnostics=null``;
+- ``Keras fit``: the same model in Keras 3, when ``keras`` is importable (never a dependency).
 
-A third path times the same epoch with the default gradient diagnostics switched off.
+Then, with ``--long-epochs N``, one N-epoch run of the first workload, recording each epoch's
+steps/s and the process's resident memory, to show that neither drifts.
+
+    python scripts/benchmark.py [--repeats 5] [--workloads leaky_relu_mlp bn_mlp selu_100]
+                                [--long-epochs 50] [--readme README.md]
+
+``--readme`` writes the tables into README between ``<!-- benchmark:start -->`` and
+``<!-- benchmark:end -->``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import platform
+import resource
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 
 from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.models import build_mlp
+from dnnlab.optimizers import build_optimizer
 from dnnlab.training import build_datamodule, run
 
-WORKLOAD = ["trainer.max_epochs=1", "test=false", "trainer.num_sanity_val_steps=0"]
-NO_DIAGNOSTICS = "callbacks.gradient_diagnostics=null"  # the default diagnostics' overhead
+COMMON = [
+    "trainer.max_epochs=1",
+    "test=false",
+    "trainer.num_sanity_val_steps=0",
+]
+NO_DIAGNOSTICS = "callbacks.gradient_diagnostics=null"
+
+# Name -> (what it is, overrides of the default experiment).
+WORKLOADS: dict[str, tuple[str, list[str]]] = {
+    "leaky_relu_mlp": ("LeakyReLU MLP 784-300-100-10 (the default experiment)", []),
+    "bn_mlp": (
+        "BN MLP: BN, 300, BN, 100, BN, 10 (ReLU, BN after the activation)",
+        ["model.activation=relu", "model.input_batch_norm=true", "model.batch_norm=after"],
+    ),
+    "selu_100": (
+        "100-layer SELU net (100 units each, LeCun normal)",
+        ["experiment=selu_100_layers"],
+    ),
+}
+START, END = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
 
 
 class EpochTimer(L.Callback):
-    """Wall time from the first training batch's epoch start to the end of validation."""
+    """Per epoch: wall time from the epoch's start to the end of its validation, and memory."""
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.rss_mib: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self._start)
+        self.rss_mib.append(current_rss_mib())
 
 
-def hand_loop_epoch(datamodule: IdxDataModule, cfg) -> float:
+def current_rss_mib() -> float:
+    """Resident memory of this process now (Linux), else its peak so far."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def gpu_peak_mib() -> str:
+    if not torch.cuda.is_available():
+        return "n/a (CPU)"
+    return f"{torch.cuda.max_memory_allocated() / 2**20:,.0f}"
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def hand_loop_epoch(datamodule: IdxDataModule, cfg: DictConfig) -> float:
     """The floor: the same model, optimizer, batch order and validation pass, written by hand."""
     torch.manual_seed(cfg.seed)
-    model = build_mlp(784, 10, **cfg.model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
+    val_x, val_y = datamodule.tensors["val"]
+    model = build_mlp(784, 10, **cfg.model).to(val_x.device)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
     train = datamodule.train_dataloader()
-    (val_x, val_y) = datamodule.tensors["val"]
+    synchronize()
     start = time.perf_counter()
     model.train()
     for x, y in train.batches():
@@ -65,50 +131,220 @@ def hand_loop_epoch(datamodule: IdxDataModule, cfg) -> float:
     return time.perf_counter() - start
 
 
-def lightning_epoch(overrides: list[str]) -> float:
-    with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config([*WORKLOAD, *overrides], output_dir=out)
+def dnnlab_epoch(overrides: list[str]) -> float:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as out:
+        cfg = compose_config([*COMMON, *overrides], output_dir=out)
         timer = EpochTimer()
         run(cfg, extra_callbacks=[timer])
     return timer.seconds[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = compose_config(WORKLOAD, output_dir=tempfile.gettempdir())
+def keras_epoch_factory(datamodule: IdxDataModule, cfg: DictConfig) -> Callable[[], float] | None:
+    """One epoch of the same model in Keras ``fit``, if Keras 3 is installed (else ``None``).
+
+    Keras runs on whatever backend it is configured for; with only PyTorch installed, set
+    ``KERAS_BACKEND=torch`` (done here when TensorFlow and JAX are both absent).
+    """
+    if importlib.util.find_spec("keras") is None:
+        return None
+    if not any(importlib.util.find_spec(m) for m in ("tensorflow", "jax")):
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras  # optional: imported only when present
+
+    model_cfg = cfg.model
+    activations = {
+        "leaky_relu": lambda: keras.layers.LeakyReLU(
+            negative_slope=model_cfg.activation_params.leaky_relu.negative_slope
+        ),
+        "relu": lambda: keras.layers.Activation("relu"),
+        "selu": lambda: keras.layers.Activation("selu"),
+    }
+    inits = {"he_normal": "he_normal", "lecun_normal": "lecun_normal", "auto": "glorot_uniform"}
+    x, y, vx, vy = (
+        t.cpu().flatten(1).numpy() if t.ndim > 1 else t.cpu().numpy()
+        for split in ("train", "val")
+        for t in datamodule.tensors[split]
+    )
+
+    def epoch() -> float:
+        keras.utils.set_random_seed(cfg.seed)
+        layers: list = [keras.Input((784,))]
+        if model_cfg.input_batch_norm:
+            layers.append(keras.layers.BatchNormalization())
+        for units in model_cfg.hidden:
+            layers.append(keras.layers.Dense(units, kernel_initializer=inits[model_cfg.init]))
+            layers.append(activations[model_cfg.activation]())
+            if model_cfg.batch_norm == "after":
+                layers.append(keras.layers.BatchNormalization())
+        layers.append(keras.layers.Dense(10))
+        model = keras.Sequential(layers)
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=cfg.optimizer.lr),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        timer = Timer()
+        model.fit(
+            x,
+            y,
+            batch_size=cfg.data.batch_size,
+            epochs=1,
+            validation_data=(vx, vy),
+            validation_batch_size=1000,
+            verbose=0,
+            callbacks=[timer],
+        )
+        return timer.seconds
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # after validation
+            self.seconds = time.perf_counter() - self.start
+
+    return epoch
+
+
+def time_workload(name: str, repeats: int, with_keras: bool) -> Timings:
+    """Per path of one workload: the epoch times and the peak GPU memory."""
+    _, overrides = WORKLOADS[name]
+    cfg = compose_config([*COMMON, *overrides], output_dir=tempfile.gettempdir())
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    hand, lit, bare = [], [], []
-    for _ in range(args.repeats):
-        hand.append(hand_loop_epoch(datamodule, cfg))
-        lit.append(lightning_epoch([]))
-        bare.append(lightning_epoch([NO_DIAGNOSTICS]))
-    steps = datamodule.train_dataloader().num_batches
-    print(f"workload: LeakyReLU MLP 784-300-100-10, batch 32, SGD 1e-3, {steps} steps + validation")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.repeats} repeats")
-    print("| path | best epoch (s) | median (s) | samples/s | ratio |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    paths = (
-        ("hand-written loop", hand),
-        ("dnnlab train.py path", lit),
-        ("dnnlab train.py path, diagnostics off", bare),
+    paths: dict[str, Callable[[], float]] = {
+        "hand loop": lambda: hand_loop_epoch(datamodule, cfg),
+        "dnnlab": lambda: dnnlab_epoch(overrides),
+        "dnnlab, diagnostics off": lambda: dnnlab_epoch([*overrides, NO_DIAGNOSTICS]),
+    }
+    keras_epoch = keras_epoch_factory(datamodule, cfg) if with_keras else None
+    if keras_epoch is not None:
+        paths["Keras fit"] = keras_epoch
+    timings = Timings(
+        samples=len(datamodule.tensors["train"][1]),
+        steps=datamodule.train_dataloader().num_batches,
+        seconds={label: [] for label in paths},
     )
-    for label, times in paths:
-        best = min(times)
-        print(
-            f"| {label} | {best:.2f} | {statistics.median(times):.2f} "
-            f"| {55000 / best:,.0f} | {best / min(hand):.2f}x |"
-        )
-    print(
-        f"default gradient diagnostics: {min(lit) / min(bare):.3f}x the epoch without them "
-        f"(best), {statistics.median(lit) / statistics.median(bare):.3f}x (median)"
-    )
+    for _ in range(repeats):
+        for label, epoch in paths.items():  # alternating: noise hits every path alike
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            timings.seconds[label].append(epoch())
+            timings.gpu_mib[label] = gpu_peak_mib()
+    return timings
+
+
+@dataclass
+class Timings:
+    samples: int
+    steps: int
+    seconds: dict[str, list[float]]
+    gpu_mib: dict[str, str] = field(default_factory=dict)
+
+    def best(self, label: str) -> float:
+        return min(self.seconds[label])
+
+
+def speed_table(results: dict[str, Timings]) -> list[str]:
+    rows = [
+        "| workload | path | best epoch (s) | median (s) | samples/s | vs hand loop "
+        "| GPU peak (MiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    notes = []
+    for name, timings in results.items():
+        floor = timings.best("hand loop")
+        for label, times in timings.seconds.items():
+            best = min(times)
+            rows.append(
+                f"| {name} | {label} | {best:.2f} | {statistics.median(times):.2f} "
+                f"| {timings.samples / best:,.0f} | {best / floor:.2f}x "
+                f"| {timings.gpu_mib[label]} |"
+            )
+        on, off = timings.best("dnnlab"), timings.best("dnnlab, diagnostics off")
+        notes.append(f"{name}: the default diagnostics add {100 * (on / off - 1):+.1f}% (best)")
+        if "Keras fit" in timings.seconds:
+            keras = timings.best("Keras fit")
+            notes.append(f"{name}: Keras fit takes {keras / on:.2f}x dnnlab's epoch time")
+    return [*rows, "", *(f"- {note}" for note in notes)]
+
+
+def long_run(epochs: int) -> list[str]:
+    """The default workload for ``epochs`` epochs: steps/s and memory must stay flat."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as out:
+        cfg = compose_config([*COMMON, f"trainer.max_epochs={epochs}"], output_dir=out)
+        datamodule = build_datamodule(cfg)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        steps = datamodule.train_dataloader().num_batches
+        timer = EpochTimer()
+        run(cfg, extra_callbacks=[timer])
+    shown = sorted({1, 2, *range(10, epochs, 10), epochs} & set(range(1, epochs + 1)))
+    rows = [
+        "| epoch | epoch time (s) | steps/s (incl. validation) | resident memory (MiB) |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for epoch in shown:
+        seconds, rss = timer.seconds[epoch - 1], timer.rss_mib[epoch - 1]
+        rows.append(f"| {epoch} | {seconds:.2f} | {steps / seconds:,.0f} | {rss:,.0f} |")
+    first_half = statistics.median(timer.seconds[1 : epochs // 2 + 1] or timer.seconds)
+    second_half = statistics.median(timer.seconds[epochs // 2 :])
+    growth = timer.rss_mib[-1] - timer.rss_mib[0]
+    return [
+        *rows,
+        "",
+        f"- median epoch time, second half / first half (epoch 1 left out): "
+        f"{second_half / first_half:.3f}x",
+        f"- resident memory, end vs epoch 1: {growth:+,.0f} MiB; peak {peak_rss_mib():,.0f} MiB",
+    ]
+
+
+def header(args: argparse.Namespace) -> list[str]:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return [
+        f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}; "
+        f"best of {args.repeats} epochs per path (`python scripts/benchmark.py "
+        f"--repeats {args.repeats}`)",
+        "",
+    ]
+
+
+def write_readme(readme: Path, lines: list[str]) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"error: {readme} has no {START} ... {END} section to replace")
+    before, rest = text.split(START, 1)
+    _, after = rest.split(END, 1)
+    readme.write_text(before + START + "\n" + "\n".join(lines) + "\n" + END + after)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--long-epochs", type=int, default=0, help="also one run this long")
+    parser.add_argument("--no-keras", action="store_true", help="skip Keras even if installed")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--readme", type=Path, default=None, help="write the tables into it")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lines = header(args)
+    results = {}
+    for name in args.workloads:
+        results[name] = time_workload(name, args.repeats, with_keras=not args.no_keras)
+        print(f"{name}: {WORKLOADS[name][0]}, {results[name].steps} steps of batch 32", flush=True)
+    lines += speed_table(results)
+    if importlib.util.find_spec("keras") is None or args.no_keras:
+        lines += ["- Keras fit: not measured (Keras is not installed; `pip install keras`)"]
+    if args.long_epochs:
+        lines += ["", f"Long run: the default workload for {args.long_epochs} epochs", ""]
+        lines += long_run(args.long_epochs)
+    print("\n".join(lines))
+    if args.readme:
+        write_readme(args.readme, lines)
 
 
 if __name__ == "__main__":

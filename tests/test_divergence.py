@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 
 from conftest import QUICK, requires_fashion
 from dnnlab.cli import FAILED_FILE
-from dnnlab.errors import TrainingDiverged
+from dnnlab.divergence import DivergenceMonitor
+from dnnlab.errors import ConfigError, TrainingDiverged
 from dnnlab.training import run
 from test_bad_input import call_train
 
@@ -44,6 +45,8 @@ def test_huge_learning_rate_stops_with_step_layer_and_hint(make_config) -> None:
     assert step > 48, "the steps before the jump were fine"
     assert "\n" not in message and re.search(
         r"the gradient of net\.\d\.\w+ went non-finite first|"
+        r"its update made net\.\d\.\w+ non-finite first|"
+        r"the loss is nan while every weight is finite: the forward pass overflowed|"
         r"the loss is (nan|inf): the weights went non-finite in the update of step",
         message,
     )
@@ -70,15 +73,38 @@ class InfiniteGradient(Callback):
             weight.register_hook(lambda grad: grad.add(1.0).mul(float("inf")))
 
 
-def test_the_layer_whose_gradient_overflows_is_named(make_config) -> None:
-    cfg = make_config(["test=false"])
+@pytest.mark.parametrize(
+    ("check_gradients", "expected"),
+    [
+        # On the CPU each loss is read: the next loss is nan, and the update of step 33 left
+        # exactly that tensor non-finite.
+        (
+            "auto",
+            "at optimizer step 33 (epoch 0): its update made net.3.weight non-finite first "
+            "(1 of 6 parameter tensors",
+        ),
+        # Per-step gradient sums on the device (the GPU's way): the block's first step is named.
+        ("true", "at optimizer step 33 (epoch 0): loss "),
+    ],
+)
+def test_the_layer_whose_gradient_overflows_is_named(
+    make_config, check_gradients: str, expected: str
+) -> None:
+    cfg = make_config(["test=false", f"callbacks.divergence.check_gradients={check_gradients}"])
     with pytest.raises(TrainingDiverged) as info:
         run(cfg, extra_callbacks=[InfiniteGradient(block=2, parameter="net.3.weight")])
     message = str(info.value)
-    assert "at optimizer step 33 (epoch 0): loss " in message  # the block's first step
-    assert (
-        "the gradient of net.3.weight went non-finite first (1 of 6 parameter tensors)" in message
-    )
+    assert expected in message, message
+    if check_gradients == "true":
+        assert (
+            "the gradient of net.3.weight went non-finite first (1 of 6 parameter tensors)"
+            in message
+        )
+
+
+def test_check_gradients_must_be_auto_true_or_false() -> None:
+    with pytest.raises(ConfigError, match=r"check_gradients='yes' is not valid; choose one of"):
+        DivergenceMonitor(check_gradients="yes")
 
 
 def test_train_py_reports_divergence_in_one_line_and_exits_3(

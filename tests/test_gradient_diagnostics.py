@@ -54,6 +54,11 @@ def test_verdict_sees_growth_and_non_finite_norms_as_exploding() -> None:
     broken = judge(samples([[1.0, 1.0], [math.inf, math.nan]]), LIMITS)
     assert broken["exploding"]
     assert broken["verdict"][0].startswith("exploding gradients: the gradient norm became non-")
+    stop = "training diverged at optimizer step 7 (epoch 0)"  # between two samples
+    stopped = judge(Samples([1, 1], [1], [[1.0, 1.0]], [], diverged=stop), LIMITS)
+    assert stopped["exploding"] and stopped["verdict"] == [
+        f"exploding gradients: the updates blew up and {stop}"
+    ]
 
 
 def test_verdict_on_selu_self_normalization_dead_and_saturated_units() -> None:

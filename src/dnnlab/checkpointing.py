@@ -71,6 +71,15 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's key, computed once: it formats the settings with ``repr`` and is read for
+        every callback hook, several times per optimizer step under manual optimization."""
+        cached = self.__dict__.get("_state_key")
+        if cached is None:
+            cached = self.__dict__["_state_key"] = super().state_key
+        return cached
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The resumed run's folder is new: keep the best score and paths of the run it continues.
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})

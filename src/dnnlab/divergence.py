@@ -1,15 +1,24 @@
 """Stop a run whose loss or gradients went NaN/inf, saying where, and keep the last good checkpoint.
 
-Each optimizer step only stacks its loss and one sum per parameter tensor on the device (a sum is
-non-finite exactly when the tensor holds a NaN or an inf, or overflows); the check, the one host
-sync, runs once per Lightning batch (a block of ``data.steps_per_block`` steps) in
-``on_train_batch_end``, which Lightning calls before any ``ModelCheckpoint`` hook. A checkpoint is
-therefore only written after its steps were checked, and ``on_save_checkpoint`` refuses one whose
-weights are not finite: ``last.ckpt`` stays the last good state.
+How each optimizer step is watched depends on ``check_gradients`` and the device:
+
+* On the CPU (``auto``, the default), reading a value costs no device sync, so each step's loss
+  is read at once. A non-finite gradient, or an update that overflows, leaves non-finite weights,
+  and the next step's loss goes non-finite; only then are the weights checked tensor by tensor, to
+  name the one the last update broke. No step pays for reading every gradient.
+* On a GPU (``auto``), or anywhere with ``true``, each step stacks its loss and one sum per
+  parameter tensor on the device (a sum is non-finite exactly when the tensor holds a NaN or an
+  inf, or overflows); the check, the one host sync, runs once per Lightning batch (a block of
+  ``data.steps_per_block`` steps) in ``on_train_batch_end``. ``false`` watches the loss only.
+
+``on_train_batch_end`` runs before any ``ModelCheckpoint`` hook, so a checkpoint is only written
+after its steps were checked, and ``on_save_checkpoint`` refuses one whose weights are not
+finite: ``last.ckpt`` stays the last good state.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
-from dnnlab.errors import TrainingDiverged
+from dnnlab.errors import ConfigError, TrainingDiverged
 
 HINT = (
     "try a lower optimizer.lr, gradient clipping, or an initialization that suits the "
@@ -27,24 +36,33 @@ HINT = (
 
 
 class DivergenceMonitor(Callback):
-    """Raise :class:`TrainingDiverged` at the first block with a non-finite loss or gradient."""
+    """Raise :class:`TrainingDiverged` at the first non-finite loss or gradient."""
 
-    def __init__(self, check_gradients: bool = True) -> None:
+    def __init__(self, check_gradients: bool | str = "auto") -> None:
+        if check_gradients not in (True, False, "auto"):
+            raise ConfigError(
+                f"callbacks.divergence.check_gradients={check_gradients!r} is not valid; "
+                "choose one of: auto, true, false"
+            )
         self.check_gradients = check_gradients
         self._names: list[str] = []
         self._params: list[Tensor] = []
         self._losses: list[Tensor] = []
         self._grad_sums: list[Tensor] = []
         self._first_step = 0
-        self._gradients_on = check_gradients
+        self._immediate = False
+        self._gradients_on = False
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         named = [(n, p) for n, p in pl_module.named_parameters() if p.requires_grad]
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        self._immediate = self.check_gradients == "auto" and pl_module.device.type == "cpu"
         # Under a loss scaler (16-bit mixed precision) inf gradients are expected and skipped.
         self._gradients_on = (
-            self.check_gradients and getattr(trainer.precision_plugin, "scaler", None) is None
+            bool(self.check_gradients)
+            and not self._immediate
+            and getattr(trainer.precision_plugin, "scaler", None) is None
         )
 
     def on_train_batch_start(
@@ -57,13 +75,40 @@ class DivergenceMonitor(Callback):
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
     ) -> None:
-        self._losses.append(loss.detach())
+        if not self._immediate:
+            self._losses.append(loss.detach())
+        elif not math.isfinite(loss.item()):  # on the CPU: a plain read, no device sync
+            raise TrainingDiverged(self._describe_update(trainer, loss))
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._gradients_on:
             sums = [p.grad.sum() for p in self._params if p.grad is not None]
             if len(sums) == len(self._params):
                 self._grad_sums.append(torch.stack(sums))
+
+    def _describe_update(self, trainer: L.Trainer, loss: Tensor) -> str:
+        """The loss of the coming step is non-finite: name what the last update broke."""
+        step = trainer.global_step  # the last update; this loss is step + 1's
+        bad = [n for n, p in zip(self._names, self._params, strict=True) if not p.isfinite().all()]
+        if bad:
+            # Backpropagation runs from the output: the last flagged tensor went first.
+            where = f"training diverged at optimizer step {step} (epoch {trainer.current_epoch})"
+            what = (
+                f"its update made {bad[-1]} non-finite first ({len(bad)} of {len(self._names)} "
+                f"parameter tensors: a non-finite or overflowing gradient), and the next loss is "
+                f"{loss.item():g}"
+            )
+        else:
+            where = (
+                f"training diverged at optimizer step {step + 1} (epoch {trainer.current_epoch})"
+            )
+            largest = [float(p.detach().abs().max()) for p in self._params]
+            name, value = max(zip(self._names, largest, strict=True), key=lambda x: x[1])
+            what = (
+                f"the loss is {loss.item():g} while every weight is finite: the forward pass "
+                f"overflowed (largest weight {value:.3g}, in {name})"
+            )
+        return f"{where}: {what}; {last_good(trainer)}; {HINT}"
 
     def on_train_batch_end(
         self,

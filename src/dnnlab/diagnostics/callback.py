@@ -33,7 +33,7 @@ from dnnlab.diagnostics.layers import (
     weight_layers,
 )
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
-from dnnlab.errors import ConfigError
+from dnnlab.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class GradientDiagnostics(Callback):
         self,
         every_n_steps: int = 50,
         histogram_every_n_epochs: int = 1,
-        figure_every_n_epochs: int = 1,
+        figure_every_n_epochs: int = 0,
         saturation_eps: float = 0.01,
         dirpath: str | None = None,
         verdict: Mapping[str, Any] | None = None,
@@ -326,9 +326,10 @@ class GradientDiagnostics(Callback):
         if not bool(norms.isfinite().all()):
             record = {"step": trainer.global_step, "pre": norms, "post": norms, "act": None}
             self._pending.append(record)
-        self._conclude(trainer)
+        diverged = str(exception).split(":")[0] if isinstance(exception, TrainingDiverged) else ""
+        self._conclude(trainer, diverged)
 
-    def _conclude(self, trainer: L.Trainer) -> None:
+    def _conclude(self, trainer: L.Trainer, diverged: str = "") -> None:
         """Judge the samples; write the verdict, its history and the figure on rank zero."""
         self._release_hooks()
         self._finish_update()
@@ -339,6 +340,7 @@ class GradientDiagnostics(Callback):
             grad_norms=self.grad_norms,
             activations=self.activation_history,
             selu=bool(self.activations) and all(isinstance(a, nn.SELU) for a in self.activations),
+            diverged=diverged,
         )
         self.verdict = judge(samples, self.thresholds)
         if not trainer.is_global_zero:
@@ -352,7 +354,11 @@ class GradientDiagnostics(Callback):
         if self.epoch_grad_norms:
             figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
             figure.savefig(folder / FIGURE_FILE)
-            close(figure)
+            writer = self._writer(trainer)
+            if writer is not None and not self.figure_every_n_epochs:  # else already there
+                writer.add_figure("grad_norm_vs_depth", figure, trainer.global_step)  # closes it
+            else:
+                close(figure)
 
     def _history(self) -> dict[str, Any]:
         """Per layer: mean gradient norm and mean absolute weight change of each epoch."""

@@ -57,6 +57,7 @@ class Samples:
     grad_norms: list[list[float]]
     activations: list[list[list[float]]]
     selu: bool = False  # every activation is SELU: judge self-normalization
+    diverged: str = ""  # how the divergence monitor stopped the run, if it did
 
 
 def _depths(indices: Sequence[int]) -> str:
@@ -182,5 +183,12 @@ def judge(samples: Samples, limits: Thresholds) -> dict[str, Any]:
             "exploding": False,
         }
     gradient_lines, facts = _gradient_lines(samples, limits)
+    if samples.diverged and not facts["exploding"]:  # it blew up between two samples
+        healthy = "no vanishing or exploding"
+        gradient_lines = [
+            f"exploding gradients: the updates blew up and {samples.diverged}",
+            *(line for line in gradient_lines if not line.startswith(healthy)),
+        ]
+        facts["exploding"] = True
     activation_lines, activation_facts = _activation_lines(samples, limits)
     return {"verdict": gradient_lines + activation_lines, **facts, **activation_facts}
