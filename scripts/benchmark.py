@@ -14,7 +14,7 @@ Then, with ``--long-epochs N``, one N-epoch run of the first workload, recording
 steps/s and the process's resident memory, to show that neither drifts.
 
     python scripts/benchmark.py [--repeats 5] [--workloads leaky_relu_mlp bn_mlp selu_100]
-                                [--long-epochs 50] [--readme README.md]
+                                [--keras-repeats 1] [--long-epochs 50] [--readme README.md]
 
 ``--readme`` writes the tables into README between ``<!-- benchmark:start -->`` and
 ``<!-- benchmark:end -->``.
@@ -28,6 +28,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -206,7 +207,7 @@ def keras_epoch_factory(datamodule: IdxDataModule, cfg: DictConfig) -> Callable[
     return epoch
 
 
-def time_workload(name: str, repeats: int, with_keras: bool) -> Timings:
+def time_workload(name: str, repeats: int, keras_repeats: int) -> Timings:
     """Per path of one workload: the epoch times and the peak GPU memory."""
     _, overrides = WORKLOADS[name]
     cfg = compose_config([*COMMON, *overrides], output_dir=tempfile.gettempdir())
@@ -218,16 +219,18 @@ def time_workload(name: str, repeats: int, with_keras: bool) -> Timings:
         "dnnlab": lambda: dnnlab_epoch(overrides),
         "dnnlab, diagnostics off": lambda: dnnlab_epoch([*overrides, NO_DIAGNOSTICS]),
     }
-    keras_epoch = keras_epoch_factory(datamodule, cfg) if with_keras else None
+    keras_epoch = keras_epoch_factory(datamodule, cfg) if keras_repeats else None
     if keras_epoch is not None:
-        paths["Keras fit"] = keras_epoch
+        paths[f"Keras fit ({os.environ.get('KERAS_BACKEND', 'its default')} backend)"] = keras_epoch
     timings = Timings(
         samples=len(datamodule.tensors["train"][1]),
         steps=datamodule.train_dataloader().num_batches,
         seconds={label: [] for label in paths},
     )
-    for _ in range(repeats):
+    for repeat in range(repeats):
         for label, epoch in paths.items():  # alternating: noise hits every path alike
+            if label.startswith("Keras") and repeat >= keras_repeats:
+                continue
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             timings.seconds[label].append(epoch())
@@ -264,9 +267,10 @@ def speed_table(results: dict[str, Timings]) -> list[str]:
             )
         on, off = timings.best("dnnlab"), timings.best("dnnlab, diagnostics off")
         notes.append(f"{name}: the default diagnostics add {100 * (on / off - 1):+.1f}% (best)")
-        if "Keras fit" in timings.seconds:
-            keras = timings.best("Keras fit")
-            notes.append(f"{name}: Keras fit takes {keras / on:.2f}x dnnlab's epoch time")
+        for label in timings.seconds:
+            if label.startswith("Keras"):
+                keras = timings.best(label)
+                notes.append(f"{name}: {label} takes {keras / on:.2f}x dnnlab's epoch time")
     return [*rows, "", *(f"- {note}" for note in notes)]
 
 
@@ -302,11 +306,11 @@ def long_run(epochs: int) -> list[str]:
 
 def header(args: argparse.Namespace) -> list[str]:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    command = " ".join(a for a in sys.argv[1:] if a != "--readme" and a != str(args.readme))
     return [
         f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}; "
-        f"best of {args.repeats} epochs per path (`python scripts/benchmark.py "
-        f"--repeats {args.repeats}`)",
+        f"best of {args.repeats} epochs per path (`python scripts/benchmark.py {command}`)",
         "",
     ]
 
@@ -325,7 +329,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--long-epochs", type=int, default=0, help="also one run this long")
-    parser.add_argument("--no-keras", action="store_true", help="skip Keras even if installed")
+    parser.add_argument(
+        "--keras-repeats", type=int, default=1, help="Keras epochs per workload (0: skip Keras)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--readme", type=Path, default=None, help="write the tables into it")
     args = parser.parse_args()
@@ -334,10 +340,10 @@ def main() -> None:
     lines = header(args)
     results = {}
     for name in args.workloads:
-        results[name] = time_workload(name, args.repeats, with_keras=not args.no_keras)
+        results[name] = time_workload(name, args.repeats, args.keras_repeats)
         print(f"{name}: {WORKLOADS[name][0]}, {results[name].steps} steps of batch 32", flush=True)
     lines += speed_table(results)
-    if importlib.util.find_spec("keras") is None or args.no_keras:
+    if importlib.util.find_spec("keras") is None or not args.keras_repeats:
         lines += ["- Keras fit: not measured (Keras is not installed; `pip install keras`)"]
     if args.long_epochs:
         lines += ["", f"Long run: the default workload for {args.long_epochs} epochs", ""]

@@ -61,6 +61,8 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         clipping=plain(cfg.get("clipping")),
         loss=cfg.get("loss", "cross_entropy"),
     )
+    if cfg.get("compile"):
+        model.net.compile()  # in place: the state_dict keys, and so the checkpoints, stay plain
     transfer = cfg.get("transfer")
     if transfer and transfer.ckpt_path:
         count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers)

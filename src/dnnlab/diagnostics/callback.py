@@ -183,6 +183,7 @@ class GradientDiagnostics(Callback):
     def _capture(self, index: int) -> Any:
         saturated = self.saturation[index]
 
+        @torch.compiler.disable  # under compile=true: run eagerly, do not guard on our state
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if module.training:
                 pre = inputs[0]
