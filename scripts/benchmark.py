@@ -10,8 +10,9 @@ process, on the same in-memory tensors, alternating so that machine noise hits e
 - ``dnnlab, diagnostics off``: the same with ``callbacks.gradient_diagnostics=null``;
 - ``Keras fit``: the same model in Keras 3, when ``keras`` is importable (never a dependency).
 
-Then, with ``--long-epochs N``, one N-epoch run of the first workload, recording each epoch's
-steps/s and the process's resident memory, to show that neither drifts.
+With ``--long-epochs N``, first (while the process has run nothing else), one N-epoch run of the
+default workload records each epoch's steps/s and the process's resident memory, to show that
+neither drifts.
 
     python scripts/benchmark.py [--repeats 5] [--workloads leaky_relu_mlp bn_mlp selu_100]
                                 [--keras-repeats 1] [--long-epochs 50] [--readme README.md]
@@ -74,6 +75,7 @@ class EpochTimer(L.Callback):
     def __init__(self) -> None:
         self.seconds: list[float] = []
         self.rss_mib: list[float] = []
+        self.peak_mib: list[float] = []
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
@@ -81,6 +83,7 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self._start)
         self.rss_mib.append(current_rss_mib())
+        self.peak_mib.append(peak_rss_mib())
 
 
 def current_rss_mib() -> float:
@@ -286,12 +289,16 @@ def long_run(epochs: int) -> list[str]:
         run(cfg, extra_callbacks=[timer])
     shown = sorted({1, 2, *range(10, epochs, 10), epochs} & set(range(1, epochs + 1)))
     rows = [
-        "| epoch | epoch time (s) | steps/s (incl. validation) | resident memory (MiB) |",
-        "| ---: | ---: | ---: | ---: |",
+        "| epoch | epoch time (s) | steps/s (incl. validation) | resident memory (MiB) "
+        "| peak so far (MiB) |",
+        "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for epoch in shown:
         seconds, rss = timer.seconds[epoch - 1], timer.rss_mib[epoch - 1]
-        rows.append(f"| {epoch} | {seconds:.2f} | {steps / seconds:,.0f} | {rss:,.0f} |")
+        rows.append(
+            f"| {epoch} | {seconds:.2f} | {steps / seconds:,.0f} | {rss:,.0f} "
+            f"| {timer.peak_mib[epoch - 1]:,.0f} |"
+        )
     first_half = statistics.median(timer.seconds[1 : epochs // 2 + 1] or timer.seconds)
     second_half = statistics.median(timer.seconds[epochs // 2 :])
     growth = timer.rss_mib[-1] - timer.rss_mib[0]
@@ -300,7 +307,8 @@ def long_run(epochs: int) -> list[str]:
         "",
         f"- median epoch time, second half / first half (epoch 1 left out): "
         f"{second_half / first_half:.3f}x",
-        f"- resident memory, end vs epoch 1: {growth:+,.0f} MiB; peak {peak_rss_mib():,.0f} MiB",
+        f"- resident memory, end vs epoch 1: {growth:+,.0f} MiB; peak, end vs epoch 1: "
+        f"{timer.peak_mib[-1] - timer.peak_mib[0]:+,.0f} MiB",
     ]
 
 
@@ -338,6 +346,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     lines = header(args)
+    long_lines = []
+    if args.long_epochs:  # first, in a process that has run nothing else: memory is its own
+        long_lines = ["", f"Long run: the default workload for {args.long_epochs} epochs", ""]
+        long_lines += long_run(args.long_epochs)
     results = {}
     for name in args.workloads:
         results[name] = time_workload(name, args.repeats, args.keras_repeats)
@@ -345,9 +357,7 @@ def main() -> None:
     lines += speed_table(results)
     if importlib.util.find_spec("keras") is None or not args.keras_repeats:
         lines += ["- Keras fit: not measured (Keras is not installed; `pip install keras`)"]
-    if args.long_epochs:
-        lines += ["", f"Long run: the default workload for {args.long_epochs} epochs", ""]
-        lines += long_run(args.long_epochs)
+    lines += long_lines
     print("\n".join(lines))
     if args.readme:
         write_readme(args.readme, lines)

@@ -54,12 +54,7 @@ class RunCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` for blocks of optimizer steps and for runs resumed in a new folder."""
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         every = self._every_n_train_steps
         if every < 1 or trainer.global_step // every <= self._last_global_step_saved // every:

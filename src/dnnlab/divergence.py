@@ -111,12 +111,7 @@ class DivergenceMonitor(Callback):
         return f"{where}: {what}; {last_good(trainer)}; {HINT}"
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         if not self._losses:
             return
