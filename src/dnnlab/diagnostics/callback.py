@@ -317,12 +317,14 @@ class GradientDiagnostics(Callback):
     ) -> None:
         """A run stopped by divergence (or Ctrl-C) is the one whose verdict matters most.
 
-        The divergence monitor stops at the end of a block of steps, likely between two samples:
-        the gradients left by the last step are then the evidence, so they are sampled too.
+        The divergence monitor stops between two samples: at a block's end (GPU), where the last
+        step's gradients are the evidence and are sampled too when non-finite, or at the step
+        whose loss went non-finite (CPU), whose gradients are not computed yet; the verdict then
+        rests on the monitor's word, passed on as ``diverged``.
         """
         if not hasattr(self, "layers") or self.verdict:
             return
-        self._finish_update()
+        self._finish_update()  # before appending: it completes the last sampled record
         norms = _norms(self.layers)
         if not bool(norms.isfinite().all()):
             record = {"step": trainer.global_step, "pre": norms, "post": norms, "act": None}
