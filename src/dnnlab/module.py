@@ -6,9 +6,9 @@ with ``torch.load(weights_only=True)``, the default since torch 2.6.
 Training uses Lightning's manual optimization so that one Lightning batch can carry a *block* of
 several mini-batches (``data.steps_per_block``): Lightning's per-batch machinery costs about as much
 as a whole optimizer step of the book's MLP on a CPU, and a block pays it once for many steps.
-Every optimizer step still goes through ``manual_backward`` and the Lightning optimizer, so
-``global_step``, ``max_steps``, precision plugins and the backward/optimizer-step hooks of
-callbacks see each step.
+Every optimizer step still runs the backward and optimizer-step hooks of callbacks and counts
+towards ``global_step`` and ``max_steps``: :mod:`dnnlab.steps` goes through ``manual_backward``
+and the Lightning optimizer, or, where those only dispatch hooks, calls the hooks directly.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dnnlab.models import build_mlp
 from dnnlab.optimizers import build_optimizer, check_optimizer
 from dnnlab.regularization import Regularization, dense_layers
 from dnnlab.schedules import build_schedule, check_scheduler
+from dnnlab.steps import stepper
 
 Batch = tuple[Tensor, Tensor]
 
@@ -141,6 +142,7 @@ class Classifier(L.LightningModule):
     # ----------------------------------------------------------------------------- training
     def training_step(self, block: list[Batch], block_idx: int) -> None:
         optimizer = self.optimizers()
+        steps = stepper(self, optimizer)
         per_step = [c for c in self.trainer.lr_scheduler_configs if c.interval == "step"]
         log_every = self.trainer.log_every_n_steps
         step = self.global_step
@@ -154,10 +156,10 @@ class Classifier(L.LightningModule):
                 self._penalty_sum += penalty.detach()
                 self._penalty_steps += 1
             optimizer.zero_grad(set_to_none=True)
-            self.manual_backward(objective)
+            steps.backward(objective)
             if self.clipping.active:
                 self.clipping(self, optimizer)
-            optimizer.step()
+            steps.step()
             self.regularization.constrain(self.dense)
             step += 1
             self.train_totals.update(loss, logits, y)
