@@ -8,7 +8,9 @@ process, on the same in-memory tensors, alternating so that machine noise hits e
 - ``dnnlab``: ``dnnlab.training.run`` with the defaults (TensorBoard, checkpoints, divergence
   monitor, gradient diagnostics);
 - ``dnnlab, diagnostics off``: the same with ``callbacks.gradient_diagnostics=null``;
-- ``Keras fit``: the same model in Keras 3, when ``keras`` is importable (never a dependency).
+- ``Keras fit``: the same model in Keras 3, when ``keras`` is importable (never a dependency),
+  in a process of its own (``scripts/keras_epoch.py``) between the other paths; its second
+  epoch, after the tracing of the first.
 
 With ``--long-epochs N``, first (while the process has run nothing else), one N-epoch run of the
 default workload records each epoch's steps/s and the process's resident memory, to show that
@@ -24,11 +26,14 @@ neither drifts.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -146,73 +152,64 @@ def dnnlab_epoch(overrides: list[str]) -> float:
     return timer.seconds[0]
 
 
-def keras_epoch_factory(datamodule: IdxDataModule, cfg: DictConfig) -> Callable[[], float] | None:
-    """One epoch of the same model in Keras ``fit``, if Keras 3 is installed (else ``None``).
+def keras_backend() -> str:
+    """The backend Keras runs on: ``KERAS_BACKEND``, else TensorFlow or JAX if installed, else
+    PyTorch (Keras' own default, TensorFlow, fails without it)."""
+    found = (m for m in ("tensorflow", "jax") if importlib.util.find_spec(m))
+    return os.environ.get("KERAS_BACKEND") or next(found, "torch")
 
-    Keras runs on whatever backend it is configured for; with only PyTorch installed, set
-    ``KERAS_BACKEND=torch`` (done here when TensorFlow and JAX are both absent).
+
+def keras_epoch_factory(
+    datamodule: IdxDataModule, cfg: DictConfig, scratch: Path
+) -> tuple[str, Callable[[], float]] | None:
+    """The path's label and one epoch of the same model in Keras ``fit``, if Keras 3 is installed.
+
+    Each epoch runs in a process of its own (``scripts/keras_epoch.py``) on the same arrays,
+    written once into ``scratch``.
     """
     if importlib.util.find_spec("keras") is None:
         return None
-    if not any(importlib.util.find_spec(m) for m in ("tensorflow", "jax")):
-        os.environ.setdefault("KERAS_BACKEND", "torch")
-    import keras  # optional: imported only when present
-
-    model_cfg = cfg.model
-    activations = {
-        "leaky_relu": lambda: keras.layers.LeakyReLU(
-            negative_slope=model_cfg.activation_params.leaky_relu.negative_slope
-        ),
-        "relu": lambda: keras.layers.Activation("relu"),
-        "selu": lambda: keras.layers.Activation("selu"),
-    }
-    x, y, vx, vy = (
+    x, y, val_x, val_y = (
         t.cpu().flatten(1).numpy() if t.ndim > 1 else t.cpu().numpy()
         for split in ("train", "val")
         for t in datamodule.tensors[split]
     )
+    data = scratch / "data.npz"
+    np.savez(data, x=x, y=y, val_x=val_x, val_y=val_y)
+    model = cfg.model
+    spec = {
+        "inputs": x.shape[1],
+        "classes": datamodule.num_classes,
+        "hidden": list(model.hidden),
+        "activation": model.activation,
+        "negative_slope": model.activation_params.leaky_relu.negative_slope,
+        "init": model.init,
+        "input_batch_norm": model.input_batch_norm,
+        "batch_norm": model.batch_norm,
+        "lr": cfg.optimizer.lr,
+        "batch_size": cfg.data.batch_size,
+        "eval_batch_size": datamodule.eval_batch_size,
+        "seed": cfg.seed,
+    }
+    (spec_path := scratch / "spec.json").write_text(json.dumps(spec))
+    backend = keras_backend()
 
     def epoch() -> float:
-        keras.utils.set_random_seed(cfg.seed)
-        layers: list = [keras.Input((784,))]
-        if model_cfg.input_batch_norm:
-            layers.append(keras.layers.BatchNormalization())
-        for units in model_cfg.hidden:
-            layers.append(keras.layers.Dense(units, kernel_initializer=model_cfg.init))
-            layers.append(activations[model_cfg.activation]())
-            if model_cfg.batch_norm == "after":
-                layers.append(keras.layers.BatchNormalization())
-        layers.append(keras.layers.Dense(10))
-        model = keras.Sequential(layers)
-        model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=cfg.optimizer.lr),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
+        child = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("keras_epoch.py")), data, spec_path],
+            env={**os.environ, "KERAS_BACKEND": backend},
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        timer = Timer()
-        model.fit(
-            x,
-            y,
-            batch_size=cfg.data.batch_size,
-            epochs=1,
-            validation_data=(vx, vy),
-            validation_batch_size=1000,
-            verbose=0,
-            callbacks=[timer],
-        )
-        return timer.seconds
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        assert result["backend"] == backend, result
+        return result["seconds"]
 
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:  # after validation
-            self.seconds = time.perf_counter() - self.start
-
-    return epoch
+    return f"Keras {importlib.metadata.version('keras')} fit ({backend} backend)", epoch
 
 
-def time_workload(name: str, repeats: int, keras_repeats: int) -> Timings:
+def time_workload(name: str, repeats: int, keras_repeats: int, scratch: Path) -> Timings:
     """Per path of one workload: the epoch times and the peak GPU memory."""
     _, overrides = WORKLOADS[name]
     cfg = compose_config([*COMMON, *overrides], output_dir=tempfile.gettempdir())
@@ -224,9 +221,10 @@ def time_workload(name: str, repeats: int, keras_repeats: int) -> Timings:
         "dnnlab": lambda: dnnlab_epoch(overrides),
         "dnnlab, diagnostics off": lambda: dnnlab_epoch([*overrides, NO_DIAGNOSTICS]),
     }
-    keras_epoch = keras_epoch_factory(datamodule, cfg) if keras_repeats else None
-    if keras_epoch is not None:
-        paths[f"Keras fit ({os.environ.get('KERAS_BACKEND', 'its default')} backend)"] = keras_epoch
+    keras_path = keras_epoch_factory(datamodule, cfg, scratch) if keras_repeats else None
+    if keras_path is not None:
+        label, keras_epoch = keras_path
+        paths[label] = keras_epoch
     timings = Timings(
         samples=len(datamodule.tensors["train"][1]),
         steps=datamodule.train_dataloader().num_batches,
@@ -350,7 +348,8 @@ def main() -> None:
         long_lines += long_run(args.long_epochs)
     results = {}
     for name in args.workloads:
-        results[name] = time_workload(name, args.repeats, args.keras_repeats)
+        with tempfile.TemporaryDirectory() as scratch:
+            results[name] = time_workload(name, args.repeats, args.keras_repeats, Path(scratch))
         print(f"{name}: {WORKLOADS[name][0]}, {results[name].steps} steps of batch 32", flush=True)
     lines += speed_table(results)
     if importlib.util.find_spec("keras") is None or not args.keras_repeats:
