@@ -112,7 +112,10 @@ def test_alpha_dropout_for_selu_keeps_mean_and_variance() -> None:
         ({"batch_norm": "middle"}, r"model.batch_norm='middle' is not valid; choose one of: after"),
         ({"bn_momentum": 1.5}, r"model.bn_momentum=1.5 must be in \[0, 1\]"),
         ({"bn_eps": 0}, r"model.bn_eps=0 must be positive"),
-        ({"dropout": 1.0}, r"model.dropout=1.0 must be in \[0, 1\)"),
+        (
+            {"dropout": 1.0},
+            r"model.dropout=1.0 is out of range; expected a dropout rate in \[0, 1\)",
+        ),
         ({"dropout_kind": "gauss"}, r"model.dropout_kind='gauss' is not valid; choose one of: al"),
         ({"dropout_where": "out"}, r"model.dropout_where='out' is not valid; choose one of: all"),
     ],

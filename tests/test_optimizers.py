@@ -81,10 +81,19 @@ def test_every_option_builds_steps_and_saves_primitive_state(option: str, parity
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["optimizer.lr=-0.01"], "optimizer.lr=-0.01 must be > 0"),
-        (["optimizer=momentum", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 must be in"),
+        (
+            ["optimizer.lr=-0.01"],
+            "optimizer.lr=-0.01 is out of range; expected a learning rate > 0",
+        ),
+        (
+            ["optimizer=momentum", "optimizer.momentum=1.5"],
+            "optimizer.momentum=1.5 is out of range; expected a momentum in",
+        ),
         (["optimizer=adam", "optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0]"),
-        (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps=0 must be > 0"),
+        (
+            ["optimizer=adam", "optimizer.eps=0"],
+            "optimizer.eps=0 is out of range; expected an epsilon > 0",
+        ),
         (["optimizer=adamw", "optimizer.weight_decay=-1"], "optimizer.weight_decay=-1"),
         (["optimizer=nesterov", "optimizer.momentum=0"], "nesterov=true needs"),
         (["optimizer.lr=fast"], "optimizer.lr='fast' must be a number"),

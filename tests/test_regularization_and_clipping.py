@@ -92,7 +92,11 @@ def test_max_norm_outgoing_bounds_each_column() -> None:
 @pytest.mark.parametrize(
     ("cls", "settings", "message"),
     [
-        (Regularization, {"l2": -1}, r"regularization.l2=-1 must be >= 0"),
+        (
+            Regularization,
+            {"l2": -1},
+            r"regularization.l2=-1 is out of range; expected a penalty factor >= 0",
+        ),
         (Regularization, {"max_norm": 0}, r"regularization.max_norm=0 must be positive or null"),
         (Regularization, {"max_norm_axis": "rows"}, r"max_norm_axis='rows' is not valid; choose"),
         (

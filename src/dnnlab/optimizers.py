@@ -7,7 +7,7 @@ known value is checked against its meaning and reported as one line naming ``opt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
@@ -15,36 +15,32 @@ from torch.optim import Optimizer
 
 from dnnlab.building import build
 from dnnlab.errors import ConfigError
+from dnnlab.ranges import Rule, check, fraction, non_negative, positive
 
-Rule = tuple[Callable[[float], bool], str]
-POSITIVE: Rule = (lambda v: v > 0, "must be > 0")
-NON_NEGATIVE: Rule = (lambda v: v >= 0, "must be >= 0")
-FRACTION: Rule = (lambda v: 0 <= v < 1, "must be in [0, 1)")
-
-# Hyperparameter name (as torch.optim spells it) -> the rule its value must follow.
+# Hyperparameter name (as torch.optim spells it) -> the rule its value must follow. The one
+# table: dnnlab.validation checks the same rules on the config before any data is read.
 RULES: dict[str, Rule] = {
-    "lr": POSITIVE,
-    "eps": POSITIVE,
-    "momentum": FRACTION,
-    "dampening": FRACTION,
-    "alpha": FRACTION,  # RMSprop's rho
-    "weight_decay": NON_NEGATIVE,
-    "initial_accumulator_value": NON_NEGATIVE,
-    "lr_decay": NON_NEGATIVE,
-    "momentum_decay": NON_NEGATIVE,
+    "lr": positive("a learning rate"),
+    "eps": positive("an epsilon"),
+    "momentum": fraction("a momentum"),
+    "dampening": fraction("a dampening"),
+    "alpha": fraction("a decay rate (RMSprop's rho)"),
+    "weight_decay": non_negative("a weight decay"),
+    "initial_accumulator_value": non_negative("an initial accumulator value"),
+    "lr_decay": non_negative("a learning-rate decay"),
+    "momentum_decay": non_negative("a momentum decay"),
 }
 
 
 def check_optimizer(node: Mapping[str, Any], key: str = "optimizer") -> None:
     """Raise a one-line ``ConfigError`` for the first value outside its meaning's range."""
-    for name, (valid, requirement) in RULES.items():
+    for name, rule in RULES.items():
         value = node.get(name)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}.{name}={value!r} must be a number")
-        if not valid(value):
-            raise ConfigError(f"{key}.{name}={value} {requirement}")
+        check(f"{key}.{name}", value, rule)
     betas = node.get("betas")
     if betas is not None and (
         len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from dnnlab.errors import ConfigError, invalid_choice
+from dnnlab.ranges import PENALTY, check
 
 MAX_NORM_AXES = ("incoming", "outgoing")
 
@@ -34,8 +35,7 @@ class Regularization:
 
     def __post_init__(self) -> None:
         for key in ("l1", "l2"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"regularization.{key}={getattr(self, key)} must be >= 0")
+            check(f"regularization.{key}", getattr(self, key), PENALTY)
         if self.max_norm is not None and not self.max_norm > 0:
             raise ConfigError(f"regularization.max_norm={self.max_norm} must be positive or null")
         if self.max_norm_axis not in MAX_NORM_AXES:

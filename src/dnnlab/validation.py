@@ -10,29 +10,25 @@ lies in [0, 1)).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dnnlab.errors import ConfigError
-
-Rule = tuple[Callable[[float], bool], str]
+from dnnlab.optimizers import RULES as OPTIMIZER_RULES
+from dnnlab.ranges import DROPOUT_RATE, PENALTY, Rule, check
 
 # Full dotted key pattern -> (test, what is valid). Patterns match any group option that has the
 # key, so optimizers and regularizers added later are checked without a change here.
 RANGE_RULES: dict[str, Rule] = {
-    "optimizer.lr": (lambda v: v > 0, "a learning rate > 0"),
-    "optimizer.momentum": (lambda v: 0 <= v < 1, "a momentum in [0, 1)"),
-    "optimizer.weight_decay": (lambda v: v >= 0, "a weight decay >= 0"),
-    "optimizer.eps": (lambda v: v >= 0, "an epsilon >= 0"),
-    "optimizer.dampening": (lambda v: v >= 0, "a dampening >= 0"),
-    "*dropout": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),  # model.alpha_dropout too
-    "*dropout_rate": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
-    "*dropout.rate": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
-    "*dropout.p": (lambda v: 0 <= v < 1, "a dropout rate in [0, 1)"),
-    "*.l1": (lambda v: v >= 0, "a penalty factor >= 0"),
-    "*.l2": (lambda v: v >= 0, "a penalty factor >= 0"),
+    **{f"optimizer.{name}": rule for name, rule in OPTIMIZER_RULES.items()},
+    "*dropout": DROPOUT_RATE,  # model.alpha_dropout too
+    "*dropout_rate": DROPOUT_RATE,
+    "*dropout.rate": DROPOUT_RATE,
+    "*dropout.p": DROPOUT_RATE,
+    "*.l1": PENALTY,
+    "*.l2": PENALTY,
 }
 
 # Keys whose library accepts a string or a number alike (Lightning: devices=auto or devices=2).
@@ -53,9 +49,9 @@ def check_ranges(cfg: DictConfig, rules: dict[str, Rule] = RANGE_RULES) -> None:
     for key, value in leaves(OmegaConf.to_container(cfg, resolve=False)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        for pattern, (valid, description) in rules.items():
-            if fnmatch.fnmatchcase(key, pattern) and not valid(value):
-                raise ConfigError(f"{key}={value} is out of range; expected {description}")
+        for pattern, rule in rules.items():
+            if fnmatch.fnmatchcase(key, pattern):
+                check(key, value, rule)
 
 
 def type_name(value: Any) -> str:

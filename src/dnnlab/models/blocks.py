@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from dnnlab.errors import ConfigError, invalid_choice
+from dnnlab.ranges import DROPOUT_RATE, check
 
 BATCH_NORM_PLACES = ("none", "before", "after")
 DROPOUT_KINDS = ("auto", "standard", "alpha")
@@ -46,8 +47,7 @@ class DropoutChoice:
     place: str = "all"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.rate < 1:
-            raise ConfigError(f"model.dropout={self.rate} must be in [0, 1)")
+        check("model.dropout", self.rate, DROPOUT_RATE)
         if self.kind not in DROPOUT_KINDS:
             raise invalid_choice("model.dropout_kind", self.kind, DROPOUT_KINDS)
         if self.place not in DROPOUT_PLACES:
