@@ -31,6 +31,7 @@ from dnnlab.losses import LOSSES
 from dnnlab.models import build_mlp
 from dnnlab.optimizers import build_optimizer, check_optimizer
 from dnnlab.regularization import Regularization, dense_layers
+from dnnlab.scalars import log_scalars
 from dnnlab.schedules import build_schedule, check_scheduler
 from dnnlab.steps import stepper
 
@@ -186,8 +187,7 @@ class Classifier(L.LightningModule):
             momentum = group.get("momentum", group.get("betas", (None,))[0])
             if momentum is not None:
                 metrics[f"momentum{suffix}"] = momentum
-        for logger in self.loggers:
-            logger.log_metrics(metrics, step=step)
+        log_scalars(self.loggers, metrics, step)
 
     def on_train_epoch_end(self) -> None:
         loss, accuracy = self.train_totals.compute_and_reset()

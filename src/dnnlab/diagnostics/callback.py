@@ -34,6 +34,7 @@ from dnnlab.diagnostics.layers import (
 )
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import ConfigError, TrainingDiverged
+from dnnlab.scalars import log_scalars
 
 log = logging.getLogger(__name__)
 
@@ -267,8 +268,7 @@ class GradientDiagnostics(Callback):
                 self.activation_history.append(stats)
             self.steps.append(record["step"])
             self.grad_norms.append(pre)
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=record["step"])
+            log_scalars(trainer.loggers, metrics, record["step"])
         self._pending.clear()
 
     # -------------------------------------------------------------------------------- epochs
@@ -287,9 +287,8 @@ class GradientDiagnostics(Callback):
             ]
         ).tolist()
         self.weight_changes.append(changes)
-        for logger in trainer.loggers:
-            metrics = {f"weight_change/{n}": v for n, v in zip(self.names, changes, strict=True)}
-            logger.log_metrics(metrics, step=step)
+        metrics = {f"weight_change/{n}": v for n, v in zip(self.names, changes, strict=True)}
+        log_scalars(trainer.loggers, metrics, step)
         epoch_norms = self.grad_norms[self._epoch_first_sample :]
         if epoch_norms:
             self.epochs.append(epoch)
