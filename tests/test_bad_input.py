@@ -36,7 +36,6 @@ def call_train(args: list[str], monkeypatch, tmp_path: Path) -> int:
     monkeypatch.setenv("DNNLAB_ROOT", str(tmp_path))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(sys, "argv", ["train.py", *args])
-    monkeypatch.setattr(cli, "failed_jobs", [])
     return cli.entry_point(train_script.main)
 
 

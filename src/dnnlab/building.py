@@ -8,7 +8,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import get_method, instantiate
 
-from dnnlab.errors import ConfigError, DnnlabError
+from dnnlab.errors import ConfigError, DnnlabError, one_line
 
 
 def build(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
@@ -28,5 +28,5 @@ def build(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
         cause = err.__cause__ or err
         if isinstance(cause, DnnlabError):
             raise cause from None
-        reason = " ".join(str(cause).split()) or type(cause).__name__
+        reason = one_line(str(cause)) or type(cause).__name__
         raise ConfigError(f"{key}: {target} rejects these arguments: {reason}") from None

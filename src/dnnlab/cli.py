@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from dnnlab.config import CONFIG_DIR
-from dnnlab.errors import DnnlabError, invalid_choice
+from dnnlab.errors import DnnlabError, invalid_choice, one_line
 from dnnlab.validation import check_override_types
 
 log = logging.getLogger("dnnlab")
@@ -50,10 +50,6 @@ class JobFailed(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message, exit_code)  # both in args: the exception pickles back
         self.exit_code = exit_code
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def group_options(group: str) -> list[str]:
@@ -180,6 +176,7 @@ def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any]) -> Any:
 def entry_point(hydra_main: Callable[[], Any]) -> int:
     """Call a ``@hydra.main`` function; the process's exit code, every user error in one line."""
     global show_tracebacks
+    failed_jobs.clear()  # this call's jobs only
     os.environ[MAIN_PID] = str(os.getpid())
     previous = os.environ.get(FULL_ERROR)
     show_tracebacks = previous == "1"

@@ -28,6 +28,11 @@ class TrainingDiverged(DnnlabError):
     exit_code = 3
 
 
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace, newlines included, as one space."""
+    return " ".join(text.split())
+
+
 def invalid_choice(key: str, value: object, choices: Iterable[str]) -> ConfigError:
     """The standard one-line error for a name that is not in a registry."""
     valid = ", ".join(sorted(choices))

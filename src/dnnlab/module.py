@@ -28,9 +28,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from dnnlab.clipping import GradientClipping
 from dnnlab.errors import lookup
 from dnnlab.losses import LOSSES
-from dnnlab.models import build_mlp
+from dnnlab.models import build_mlp, dense_layers
 from dnnlab.optimizers import build_optimizer, check_optimizer
-from dnnlab.regularization import Regularization, dense_layers
+from dnnlab.regularization import Regularization
 from dnnlab.scalars import log_scalars
 from dnnlab.schedules import build_schedule, check_scheduler
 from dnnlab.steps import stepper

@@ -19,10 +19,6 @@ from dnnlab.ranges import PENALTY, check
 MAX_NORM_AXES = ("incoming", "outgoing")
 
 
-def dense_layers(net: nn.Module) -> list[nn.Linear]:
-    return [m for m in net.modules() if isinstance(m, nn.Linear)]
-
-
 @dataclass(frozen=True)
 class Regularization:
     """``l1 * sum|w| + l2 * sum w^2`` over the kernels; max-norm ``r`` on each unit's weights."""

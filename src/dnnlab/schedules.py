@@ -230,11 +230,10 @@ def check_scheduler(node: Mapping[str, Any]) -> None:
 
 def check_monitor(monitor: Any, mode: str) -> None:
     """A plateau schedule must watch a metric the module logs, in the direction that is better."""
-    lookup(MONITOR_MODES, "scheduler.monitor", monitor)
-    if mode != MONITOR_MODES[monitor]:
+    better = lookup(MONITOR_MODES, "scheduler.monitor", monitor)
+    if mode != better:
         raise ConfigError(
-            f"{KEY}.mode={mode!r} does not fit scheduler.monitor={monitor!r} "
-            f"(better is {MONITOR_MODES[monitor]})"
+            f"{KEY}.mode={mode!r} does not fit scheduler.monitor={monitor!r} (better is {better})"
         )
 
 

@@ -30,10 +30,10 @@ from dnnlab.diagnostics.layers import (
     activation_layers,
     activation_stats,
     layer_names,
-    weight_layers,
 )
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import ConfigError, TrainingDiverged
+from dnnlab.models import dense_layers
 from dnnlab.scalars import log_scalars
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class GradientDiagnostics(Callback):
 
     # ------------------------------------------------------------------------------ set-up
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.layers = weight_layers(pl_module)
+        self.layers = dense_layers(pl_module)
         self.activations = activation_layers(pl_module)
         self.names = layer_names(len(self.layers))
         self.saturation = [SATURATION.get(type(a)) for a in self.activations]

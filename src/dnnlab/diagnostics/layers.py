@@ -17,11 +17,6 @@ SATURATION: dict[type[nn.Module], SaturationTest] = {
 }
 
 
-def weight_layers(module: nn.Module) -> list[nn.Linear]:
-    """The dense layers in forward order; the last is the output layer."""
-    return [m for m in module.modules() if isinstance(m, nn.Linear)]
-
-
 def activation_layers(module: nn.Module) -> list[nn.Module]:
     """The activation modules (``torch.nn`` activations) in forward order: one per hidden layer."""
     return [m for m in module.modules() if type(m).__module__ == nn.modules.activation.__name__]

@@ -1,5 +1,5 @@
 """Network builders: activations, initializers and the MLP."""
 
-from dnnlab.models.mlp import build_mlp
+from dnnlab.models.mlp import build_mlp, dense_layers
 
-__all__ = ["build_mlp"]
+__all__ = ["build_mlp", "dense_layers"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from dnnlab.errors import ConfigError, invalid_choice, lookup
+from dnnlab.errors import ConfigError, invalid_choice
 
 # Keras divides the standard deviation of a normal truncated at two standard deviations by this
 # (the std of a unit normal truncated to [-2, 2]) so that the variance stays scale / fan.
@@ -113,7 +113,7 @@ def make_initializer(
         raise invalid_choice("model.init", init, init_choices())
     if normal not in ("normal", "truncated_normal"):
         raise invalid_choice("parity.init_normal", normal, ("normal", "truncated_normal"))
-    scale, mode = lookup(FAMILIES, "model.init", family)
+    scale, mode = FAMILIES[family]  # NAMED holds every family's names
     return VarianceScaling(scale, mode, normal if distribution == "normal" else "uniform")
 
 

@@ -72,3 +72,8 @@ def build_mlp(
     initialize_linear(head, None if concrete == PYTORCH else make_initializer("glorot_uniform"))
     layers.append(head)
     return nn.Sequential(*layers)
+
+
+def dense_layers(module: nn.Module) -> list[nn.Linear]:
+    """The dense layers in forward order; the last is the output layer."""
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
