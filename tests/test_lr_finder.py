@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import requires_fashion
 from dnnlab.errors import ConfigError
-from dnnlab.lr_finder import lr_range_test, tune_learning_rate
+from dnnlab.lr_finder import epochs_of_batches, lr_range_test, tune_learning_rate
 from dnnlab.optimizers import build_optimizer
 from dnnlab.training import build_datamodule, build_model, build_trainer, plain, run
 from test_training import scalars
@@ -94,6 +95,28 @@ def test_lr_find_with_use_for_lr_sets_the_optimizer_lr_on_the_initial_weights(
     assert model.hparams.optimizer["lr"] == suggestion == cfg.optimizer.lr
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("overrides", [["loss=mse"], ["regularization=l2"]])
+def test_range_test_measures_the_objective_the_run_minimizes(
+    make_config, monkeypatch, overrides: list[str]
+) -> None:
+    cfg = make_config([*FIND, "tune.num_steps=3", *overrides])
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    results = []
+
+    def recorded(*args, **kwargs):
+        results.append(lr_range_test(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr("dnnlab.lr_finder.lr_range_test", recorded)
+    tune_learning_rate(cfg, model, datamodule, build_trainer(cfg))
+    x, y = next(epochs_of_batches(datamodule.train_dataloader()))  # the test's first batch
+    with torch.no_grad():  # the initial weights, restored after the test
+        objective, cross_entropy = model.objective(x, y), F.cross_entropy(model(x), y)
+    assert results[0].losses[0] == pytest.approx(float(objective), rel=1e-5)
+    assert float(objective) != pytest.approx(float(cross_entropy), rel=1e-3), "not the default"
 
 
 @pytest.mark.parametrize(

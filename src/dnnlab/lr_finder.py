@@ -15,7 +15,7 @@ import copy
 import logging
 import math
 import shlex
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from torch.optim import Optimizer
 
 from dnnlab.data.batches import EpochOrder
 from dnnlab.errors import ConfigError, lookup
-from dnnlab.optimizers import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +53,7 @@ def lr_range_test(
     model: nn.Module,
     optimizer: Optimizer,
     batches: Iterable[tuple[Tensor, Tensor]],
+    objective: Callable[[Tensor, Tensor], Tensor] | None = None,
     min_lr: float = 1e-5,
     max_lr: float = 10.0,
     num_steps: int = 100,
@@ -65,7 +65,13 @@ def lr_range_test(
 
     Step ``i`` uses ``min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))``. The test stops at
     the first non-finite loss or smoothed loss above ``divergence`` times its lowest value.
+    ``objective(x, y)`` is what each step minimizes (default: the cross-entropy of ``model(x)``).
     """
+    if objective is None:
+
+        def objective(x: Tensor, y: Tensor) -> Tensor:
+            return F.cross_entropy(model(x), y)
+
     initial = copy.deepcopy(model.state_dict())
     devices = [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
     was_training = model.training
@@ -81,7 +87,7 @@ def lr_range_test(
                 lr = min_lr * (max_lr / min_lr) ** (i / (num_steps - 1))
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = F.cross_entropy(model(x), y)
+                loss = objective(x, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -206,12 +212,11 @@ def tune_learning_rate(cfg: DictConfig, model: Any, datamodule: Any, trainer: An
         order = loader.sampler
         loader.sampler = EpochOrder(order.size, order.shuffle, order.seed)
     model.to(trainer.strategy.root_device)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # as configure_optimizers
-    optimizer = build_optimizer(model.hparams.optimizer, trainable)
     result = lr_range_test(
         model,
-        optimizer,
+        model.make_optimizer(),  # as training's, on the trainable parameters
         epochs_of_batches(loader),
+        model.objective,  # the run's loss (and L1/L2 penalty), not always the cross-entropy
         min_lr=tune["min_lr"],
         max_lr=tune["max_lr"],
         num_steps=tune["num_steps"] or loader.num_batches,

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
@@ -148,11 +149,9 @@ class Classifier(L.LightningModule):
         log_every = self.trainer.log_every_n_steps
         step = self.global_step
         for x, y in block:
-            logits = self(x)
-            loss = self.loss_fn(logits, y)
+            logits, loss, penalty = self.losses(x, y)
             objective = loss
-            if self.regularization.penalizes:
-                penalty = self.regularization.penalty(self.dense)
+            if penalty is not None:
                 objective = loss + penalty
                 self._penalty_sum += penalty.detach()
                 self._penalty_steps += 1
@@ -169,6 +168,20 @@ class Classifier(L.LightningModule):
             if per_step:
                 self._step_schedulers(per_step, step)
         self.train_totals.flush()
+
+    def losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The logits, the loss, and the L1/L2 penalty (``None`` without one) of a batch.
+
+        A training step minimizes the loss plus the penalty; ``train/loss`` is the loss alone.
+        """
+        logits = self(x)
+        penalty = self.regularization.penalty(self.dense) if self.regularization.penalizes else None
+        return logits, self.loss_fn(logits, y), penalty
+
+    def objective(self, x: Tensor, y: Tensor) -> Tensor:
+        """What a training step minimizes on a batch (the LR finder tests the same)."""
+        _, loss, penalty = self.losses(x, y)
+        return loss if penalty is None else loss + penalty
 
     def _log_training_step(self, optimizer: Any, step: int) -> None:
         """Write the mean loss since the last write, and the LR and momentum, at ``global_step``.
@@ -257,10 +270,16 @@ class Classifier(L.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0]).softmax(dim=-1)
 
-    def configure_optimizers(self) -> Any:
-        # Only trainable parameters: frozen (transferred) layers join later as a new param group.
+    def make_optimizer(self) -> Optimizer:
+        """The configured optimizer over the trainable parameters (training and the LR finder).
+
+        Frozen (transferred) layers are left out; they join later as a param group of their own.
+        """
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = build_optimizer(self.hparams.optimizer, trainable)
+        return build_optimizer(self.hparams.optimizer, trainable)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.make_optimizer()
         scheduler = self.hparams.scheduler
         if not scheduler:
             return optimizer
