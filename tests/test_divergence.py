@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from conftest import QUICK, requires_fashion
 from dnnlab.cli import FAILED_FILE
@@ -100,6 +101,25 @@ def test_the_layer_whose_gradient_overflows_is_named(
             "the gradient of net.3.weight went non-finite first (1 of 6 parameter tensors)"
             in message
         )
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_naming_the_first(tmp_path: Path) -> None:
+    good = tmp_path / "last.ckpt"
+    good.write_bytes(b"saved earlier")
+    checkpoints = ModelCheckpoint(dirpath=tmp_path)
+    checkpoints.last_model_path = str(good)
+    trainer = SimpleNamespace(global_step=12, current_epoch=1, checkpoint_callbacks=[checkpoints])
+    state = {"a.weight": torch.ones(3), "steps": torch.tensor([4]), "b.bias": torch.ones(2)}
+    monitor = DivergenceMonitor()
+    monitor.on_save_checkpoint(trainer, None, {"state_dict": state})  # finite: written
+    state["b.bias"][1] = float("inf")
+    state["c.weight"] = torch.full((2,), float("nan"))
+    with pytest.raises(TrainingDiverged) as err:
+        monitor.on_save_checkpoint(trainer, None, {"state_dict": state})
+    assert str(err.value).startswith(
+        "training diverged by optimizer step 12 (epoch 1): weights b.bias are not finite, "
+        f"checkpoint not written; last good checkpoint: {good}; try a lower optimizer.lr"
+    )
 
 
 def test_check_gradients_must_be_auto_true_or_false() -> None:

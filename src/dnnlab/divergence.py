@@ -92,23 +92,19 @@ class DivergenceMonitor(Callback):
         bad = [n for n, p in zip(self._names, self._params, strict=True) if not p.isfinite().all()]
         if bad:
             # Backpropagation runs from the output: the last flagged tensor went first.
-            where = f"training diverged at optimizer step {step} (epoch {trainer.current_epoch})"
             what = (
                 f"its update made {bad[-1]} non-finite first ({len(bad)} of {len(self._names)} "
                 f"parameter tensors: a non-finite or overflowing gradient), and the next loss is "
                 f"{loss.item():g}"
             )
-        else:
-            where = (
-                f"training diverged at optimizer step {step + 1} (epoch {trainer.current_epoch})"
-            )
-            largest = [float(p.detach().abs().max()) for p in self._params]
-            name, value = max(zip(self._names, largest, strict=True), key=lambda x: x[1])
-            what = (
-                f"the loss is {loss.item():g} while every weight is finite: the forward pass "
-                f"overflowed (largest weight {value:.3g}, in {name})"
-            )
-        return f"{where}: {what}; {last_good(trainer)}; {HINT}"
+            return diverged(trainer, f"at optimizer step {step}", what)
+        largest = [float(p.detach().abs().max()) for p in self._params]
+        name, value = max(zip(self._names, largest, strict=True), key=lambda x: x[1])
+        what = (
+            f"the loss is {loss.item():g} while every weight is finite: the forward pass "
+            f"overflowed (largest weight {value:.3g}, in {name})"
+        )
+        return diverged(trainer, f"at optimizer step {step + 1}", what)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
@@ -131,7 +127,6 @@ class DivergenceMonitor(Callback):
     def _describe(
         self, trainer: L.Trainer, step: int, loss: Tensor, grads: Tensor | None, index: int
     ) -> str:
-        where = f"training diverged at optimizer step {step} (epoch {trainer.current_epoch})"
         if not bool(torch.isfinite(loss)):
             # Every earlier step, this one's gradients included, was checked and finite.
             what = (
@@ -146,21 +141,36 @@ class DivergenceMonitor(Callback):
                 f"loss {loss.item():g}, but the gradient of {flagged[-1]} went non-finite first "
                 f"({len(flagged)} of {len(self._names)} parameter tensors)"
             )
-        return f"{where}: {what}; {last_good(trainer)}; {HINT}"
+        return diverged(trainer, f"at optimizer step {step}", what)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        bad = [
-            name
+        floats = {
+            name: value
             for name, value in checkpoint.get("state_dict", {}).items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())
-        ]
-        if bad:
-            raise TrainingDiverged(
-                f"training diverged by optimizer step {trainer.global_step}: weights {bad[0]} "
-                f"are not finite, checkpoint not written; {last_good(trainer)}; {HINT}"
-            )
+            if value.is_floating_point()
+        }
+        if not floats:
+            return
+        flags = [value.isfinite().all() for value in floats.values()]
+        if len({flag.device for flag in flags}) == 1:
+            finite = torch.stack(flags).cpu()  # one host sync, not one per tensor
+        else:
+            finite = torch.tensor([bool(flag) for flag in flags])
+        if bool(finite.all()):
+            return
+        first = next(name for name, ok in zip(floats, finite.tolist(), strict=True) if not ok)
+        what = f"weights {first} are not finite, checkpoint not written"
+        raise TrainingDiverged(diverged(trainer, f"by optimizer step {trainer.global_step}", what))
+
+
+def diverged(trainer: L.Trainer, when: str, what: str) -> str:
+    """The one-line report: when, what went non-finite, the last good checkpoint, what to try."""
+    return (
+        f"training diverged {when} (epoch {trainer.current_epoch}): {what}; "
+        f"{last_good(trainer)}; {HINT}"
+    )
 
 
 def last_good(trainer: L.Trainer) -> str:
