@@ -15,17 +15,18 @@ import json
 from pathlib import Path
 
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dnnlab.diagnostics.callback import VERDICT_FILE
 from dnnlab.diagnostics.figures import close, grad_norm_vs_depth
 
 
-def last_scalars(folder: Path, tags: list[str]) -> dict[str, float]:
-    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
-    events.Reload()
-    present = set(events.Tags()["scalars"])
-    return {tag: events.Scalars(tag)[-1].value for tag in tags if tag in present}
+def final_metrics(folder: Path) -> dict[str, float]:
+    """The run's final metrics from its ``metrics.json``; none for a run that did not finish.
+
+    A run stopped by the divergence monitor still leaves its verdict, so it keeps its row.
+    """
+    path = folder / "metrics.json"
+    return json.loads(path.read_text())["metrics"] if path.exists() else {}
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         config = yaml.safe_load((member / ".hydra" / "config.yaml").read_text())
         depth = len(config["model"]["hidden"])
         report = json.loads((member / VERDICT_FILE).read_text())
-        found = last_scalars(member, ["train/acc", "val/acc_best", "test/acc"])
+        found = final_metrics(member)
         changes = report["weight_change_per_epoch"]
         first, last = changes[report["layers"][0]][-1], changes[report["layers"][-1]][-1]
         ratio = report.get("first_to_last_ratio", float("nan"))

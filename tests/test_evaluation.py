@@ -15,6 +15,7 @@ from conftest import requires_fashion, run_script
 from dnnlab.errors import ConfigError
 from dnnlab.evaluation import (
     entropy,
+    evaluate_checkpoint,
     mc_dropout_mode,
     mc_dropout_proba,
     predict_proba,
@@ -110,3 +111,27 @@ def test_train_reports_mc_dropout_next_to_plain(make_config) -> None:
     no_dropout = make_config(["mc_dropout.samples=5"], run="plain")
     with pytest.raises(ConfigError, match=r"mc_dropout.samples=5 needs dropout layers"):
         run(no_dropout)
+
+
+@requires_fashion
+def test_eval_of_the_tested_checkpoint_reports_what_train_reported(
+    make_config, tmp_path: Path
+) -> None:
+    """train.py and eval.py share one evaluation: same weights, same seed, same numbers."""
+    cfg = make_config(["model.dropout=0.2", "mc_dropout.samples=3", "mc_dropout.seed=7"])
+    trained = run(cfg)
+    folder = Path(cfg.paths.output_dir)
+    in_run_folder = json.loads((folder / "evaluation.json").read_text())
+    assert in_run_folder == {k: v for k, v in trained.items() if k.startswith(("plain/", "mc/"))}
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (best,) = (folder / "checkpoints").glob("epoch_*.ckpt")  # save_top_k=1: the tested one
+    out = tmp_path / "eval"
+    evaluated = evaluate_checkpoint(best, out, mc_samples=3, seed=7)
+    for key, value in in_run_folder.items():
+        assert evaluated[key] == pytest.approx(value, abs=1e-6), key
+    written = json.loads((out / "evaluation.json").read_text())
+    assert list(written)[:2] == ["ckpt_path", "split"]
+    assert set(list(written)[2:4]) == {"test/acc", "test/loss"}, "Lightning's, as documented"
+    assert written == {"ckpt_path": str(best), "split": "test", **evaluated}
+    assert (out / "predictions.csv").read_text() == (folder / "predictions.csv").read_text()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from conftest import QUICK, requires_fashion, run_script
 from dnnlab.cli import FAILED_FILE
 from dnnlab.config import CONFIG_DIR
-from dnnlab.report import write_report
+from dnnlab.report import load_members, write_report
+from dnnlab.training import run, write_summary
 
 
 @pytest.mark.slow
@@ -78,3 +82,43 @@ def test_optuna_search_runs_trials_and_maximizes(tmp_path: Path) -> None:
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert best["name"] == "optuna" and 0.1 < best["best_value"] <= 1.0
     assert {"optimizer.lr", "data.batch_size", "model.activation"} == set(best["best_params"])
+
+
+def test_report_reads_what_training_writes_and_why_the_others_failed(tmp_path: Path) -> None:
+    """A finished run has training's metrics.json; any other folder is failed, with its reason."""
+    for name in "0123":
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        overrides = [f"model.activation={name}"]
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    cfg = OmegaConf.create({"paths": {"output_dir": str(tmp_path / "0")}})
+    trainer = SimpleNamespace(is_global_zero=True, current_epoch=3, global_step=30, loggers=[])
+    write_summary(cfg, trainer, {"val/acc_best": 0.8, "test/acc": 0.75}, 12.0)
+    (tmp_path / "1" / FAILED_FILE).write_text("loss became NaN at step 12\n")
+    (tmp_path / "2" / "train.log").write_text("[t][dnnlab][ERROR] - out of memory\n")
+    done, diverged, crashed, killed = load_members(tmp_path)
+    assert done.ok and not done.error
+    assert done.values == {"val_acc_best": 0.8, "test_acc": 0.75, "epochs": 3, "wall_time_s": 12.0}
+    assert not diverged.ok and diverged.error == "loss became NaN at step 12"
+    assert not crashed.ok and crashed.error == "out of memory"
+    assert not killed.ok and killed.error == "no metrics.json: the run did not finish"
+
+
+@pytest.mark.slow
+@requires_fashion
+def test_vanishing_report_takes_the_final_metrics_from_metrics_json(
+    make_config, tmp_path: Path
+) -> None:
+    cfg = make_config(run="sweep/0")
+    run(cfg)
+    member = Path(cfg.paths.output_dir)
+    (member / ".hydra").mkdir()
+    (member / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    for events in member.glob("events.out.tfevents.*"):
+        events.unlink()  # the final metrics must not come from TensorBoard
+    result = run_script(tmp_path, "scripts/vanishing_report.py", str(member.parent))
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = json.loads((member / "metrics.json").read_text())["metrics"]
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| 2 |")]
+    cells = [cell.strip() for cell in row.split("|")[1:-1]]
+    expected = [final["train/acc"], final["val/acc_best"], final["test/acc"]]
+    assert cells[2:5] == [f"{value:.3f}" for value in expected]

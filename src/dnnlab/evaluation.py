@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from dnnlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from dnnlab.data.datamodule import IdxDataModule
 
 DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout, ...
 
@@ -105,29 +111,48 @@ def write_predictions(
         csv.writer(f).writerows(rows)
 
 
-def evaluate_split(
-    model: nn.Module,
-    images: Tensor,
-    targets: Tensor,
-    out_dir: Path,
-    class_names: Sequence[str],
-    mc_samples: int = 0,
-    seed: int = 0,
-    batch_size: int = 1000,
-) -> dict[str, float]:
-    """Plain (and MC dropout) metrics of a split; writes predictions.csv and evaluation.json."""
+def require_dropout(model: nn.Module, samples: int) -> None:
+    """MC dropout of a model without dropout would be the plain prediction ``samples`` times."""
+    if not dropout_layers(model):
+        raise ConfigError(
+            f"mc_dropout.samples={samples} needs dropout layers in the model "
+            "(set model.dropout > 0)"
+        )
+
+
+def plain_proba(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """The deterministic prediction (eval mode); the model's mode is restored after."""
     was_training = model.training
     model.eval()
-    plain = predict_proba(model, images, batch_size)
-    model.train(was_training)
+    try:
+        return predict_proba(model, images, batch_size)
+    finally:
+        model.train(was_training)
+
+
+def evaluate_split(
+    model: nn.Module,
+    datamodule: IdxDataModule,
+    split: str,
+    out_dir: Path,
+    mc_samples: int = 0,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Plain (and MC dropout) metrics of a set-up split; writes ``predictions.csv``.
+
+    The one evaluation behind both ``train.py`` (after its test) and ``eval.py``, so both report
+    the same numbers for the same weights. ``evaluation.json`` is left to the caller, which knows
+    what else belongs in it.
+    """
+    if mc_samples:
+        require_dropout(model, mc_samples)  # before the plain pass: fail fast
+    images, targets = datamodule.tensors[split]
+    model.to(images.device)
+    batch_size = datamodule.eval_batch_size
+    plain = plain_proba(model, images, batch_size)
     metrics = {f"plain/{k}": v for k, v in summarize(plain, targets).items()}
     mc = None
     if mc_samples:
-        if not dropout_layers(model):
-            raise ConfigError(
-                f"mc_dropout.samples={mc_samples} needs dropout layers in the model "
-                "(set model.dropout > 0)"
-            )
         mc = mc_dropout_proba(model, images, mc_samples, batch_size, seed)
         metrics.update({f"mc/{k}": v for k, v in summarize(mc, targets).items()})
         metrics["mc/samples"] = float(mc_samples)
@@ -137,10 +162,50 @@ def evaluate_split(
         targets.cpu(),
         plain.cpu(),
         None if mc is None else mc.cpu(),
-        class_names,
+        datamodule.classes,
     )
-    (out_dir / "evaluation.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def write_evaluation(out_dir: Path, record: Mapping[str, Any]) -> None:
+    """``evaluation.json``: written once per evaluation, by whoever ran it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def saved_run_config(ckpt: Path, out_dir: Path) -> DictConfig:
+    """The config of the run a checkpoint belongs to, writing into ``out_dir`` instead.
+
+    ``<run>/checkpoints/<name>.ckpt`` sits beside ``<run>/.hydra/config.yaml``, which Hydra wrote
+    when the run started.
+    """
+    from omegaconf import OmegaConf, open_dict
+
+    saved = ckpt.parent.parent / ".hydra" / "config.yaml"
+    if not ckpt.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not a file")
+    if not saved.is_file():
+        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not in a run folder (no {saved})")
+    cfg = OmegaConf.load(saved)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+    return cfg
+
+
+def lightning_metrics(model: nn.Module, datamodule: IdxDataModule, stage: str) -> dict[str, float]:
+    """Lightning's own ``test``/``validate`` loop on one device: the metrics training logs."""
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+    )
+    results = getattr(trainer, stage)(model, datamodule=datamodule, verbose=False)[0]
+    return {k: float(v) for k, v in results.items()}
 
 
 def evaluate_checkpoint(
@@ -152,51 +217,19 @@ def evaluate_checkpoint(
 ) -> dict[str, float]:
     """Evaluate a saved run from its checkpoint alone: the data settings come from the run folder.
 
-    ``<run>/checkpoints/<name>.ckpt`` sits beside ``<run>/.hydra/config.yaml``, which Hydra wrote
-    when the run started; the model comes from the checkpoint's own (primitive) hyperparameters.
+    The model comes from the checkpoint's own (primitive) hyperparameters. Returns Lightning's
+    metrics, then :func:`evaluate_split`'s; ``evaluation.json`` holds them after the checkpoint
+    and the split.
     """
-    import lightning as L
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf, open_dict
-
     from dnnlab.errors import lookup
     from dnnlab.module import Classifier
+    from dnnlab.training import build_datamodule  # not at the top: training imports this module
 
     stage = lookup({"test": "test", "val": "validate"}, "split", split)
-    ckpt = Path(ckpt_path)
-    saved = ckpt.parent.parent / ".hydra" / "config.yaml"
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not a file")
-    if not saved.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not in a run folder (no {saved})")
-    cfg = OmegaConf.load(saved)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    ckpt, out = Path(ckpt_path), Path(out_dir)
+    datamodule = build_datamodule(saved_run_config(ckpt, out))
     model = Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    trainer = L.Trainer(
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
-    results = getattr(trainer, stage)(model, datamodule=datamodule, verbose=False)[0]
-    images, targets = datamodule.tensors[split]
-    model.to(images.device)
-    metrics = evaluate_split(
-        model,
-        images,
-        targets,
-        Path(out_dir),
-        datamodule.classes,
-        mc_samples=mc_samples,
-        seed=seed,
-        batch_size=datamodule.eval_batch_size,
-    )
-    metrics.update({k: float(v) for k, v in results.items()})
-    (Path(out_dir) / "evaluation.json").write_text(
-        json.dumps({"ckpt_path": str(ckpt), "split": split, **metrics}, indent=2) + "\n"
-    )
+    metrics = lightning_metrics(model, datamodule, stage)
+    metrics.update(evaluate_split(model, datamodule, split, out, mc_samples, seed))
+    write_evaluation(out, {"ckpt_path": str(ckpt), "split": split, **metrics})
     return metrics

@@ -1,8 +1,10 @@
 """Sweep reports: one row per run of a multirun, only the overrides that varied as columns.
 
 Reads each member folder's ``.hydra/overrides.yaml`` (what was asked), ``metrics.json`` (what
-came out; absent or ``status != ok`` means the run failed) and its TensorBoard events (validation
-curves). Seeds are aggregated as mean ± std over otherwise identical runs.
+came out) and its TensorBoard events (validation curves). ``dnnlab.training`` writes
+``metrics.json`` only when a run finishes, so a folder without it is a failed or unfinished run,
+whose reason comes from its ``FAILED`` file or ``train.log``. Seeds are aggregated as mean ± std
+over otherwise identical runs.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Member:
 
     @property
     def ok(self) -> bool:
-        return bool(self.summary) and self.summary.get("status") == "ok"
+        return self.summary is not None
 
 
 def _overrides(folder: Path) -> dict[str, str]:
@@ -61,24 +63,24 @@ def _failure(folder: Path) -> str:
     return "no metrics.json: the run did not finish"
 
 
+def load_member(folder: Path) -> Member:
+    """A run folder as a report row's input: its values if it finished, else why it failed."""
+    member = Member(folder, _overrides(folder))
+    summary_path = folder / "metrics.json"
+    if not summary_path.exists():
+        member.error = _failure(folder)
+        return member
+    member.summary = json.loads(summary_path.read_text())
+    metrics = member.summary["metrics"]
+    member.values = {col: metrics[key] for col, key in COLUMNS.items() if key in metrics}
+    member.values["epochs"] = member.summary["epochs"]
+    member.values["wall_time_s"] = member.summary["wall_time_s"]
+    return member
+
+
 def load_members(sweep: Path) -> list[Member]:
-    members = []
-    for folder in sorted(sweep.iterdir(), key=lambda p: (len(p.name), p.name)):
-        if not (folder / ".hydra").is_dir():
-            continue
-        member = Member(folder, _overrides(folder))
-        summary_path = folder / "metrics.json"
-        if summary_path.exists():
-            member.summary = json.loads(summary_path.read_text())
-        if member.ok:
-            metrics = member.summary["metrics"]
-            member.values = {col: metrics[key] for col, key in COLUMNS.items() if key in metrics}
-            member.values["epochs"] = member.summary.get("epochs", math.nan)
-            member.values["wall_time_s"] = member.summary.get("wall_time_s", math.nan)
-        else:
-            member.error = (member.summary or {}).get("error") or _failure(folder)
-        members.append(member)
-    return members
+    folders = sorted(sweep.iterdir(), key=lambda p: (len(p.name), p.name))
+    return [load_member(folder) for folder in folders if (folder / ".hydra").is_dir()]
 
 
 def varied_keys(members: list[Member]) -> list[str]:

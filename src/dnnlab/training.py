@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.evaluation import evaluate_split
+from dnnlab.evaluation import evaluate_split, write_evaluation
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
 from dnnlab.resume import resolve_ckpt_path
@@ -155,19 +155,14 @@ def write_summary(
 def evaluate_test_split(
     cfg: DictConfig, model: Classifier, datamodule: Any, trainer: L.Trainer
 ) -> dict[str, float]:
-    """MC dropout next to plain predictions on the test set (weights of the tested checkpoint)."""
-    images, targets = datamodule.tensors["test"]
-    model.to(images.device)
-    metrics = evaluate_split(
-        model,
-        images,
-        targets,
-        Path(cfg.paths.output_dir),
-        datamodule.classes,
-        mc_samples=cfg.mc_dropout.samples,
-        seed=cfg.mc_dropout.seed,
-        batch_size=datamodule.eval_batch_size,
-    )
+    """MC dropout next to plain predictions on the test set (weights of the tested checkpoint).
+
+    ``predictions.csv`` and ``evaluation.json`` go into the run folder, the metrics to the loggers.
+    """
+    out = Path(cfg.paths.output_dir)
+    samples, seed = cfg.mc_dropout.samples, cfg.mc_dropout.seed
+    metrics = evaluate_split(model, datamodule, "test", out, samples, seed)
+    write_evaluation(out, metrics)
     for logger in trainer.loggers:
         logger.log_metrics({f"test_eval/{k}": v for k, v in metrics.items()}, trainer.global_step)
     log.info("test set: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
