@@ -139,3 +139,15 @@ def test_train_py_reports_divergence_in_one_line_and_exits_3(
     (folder,) = (tmp_path / "logs" / "runs" / "default").iterdir()
     assert "training diverged" in (folder / FAILED_FILE).read_text()
     assert not (folder / "checkpoints" / "last.ckpt").exists()
+
+
+def test_train_py_reports_a_bad_check_gradients_in_the_callbacks_own_words(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code = call_train(["callbacks.divergence.check_gradients=maybe"], monkeypatch, tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2
+    assert lines == [
+        "error: callbacks.divergence.check_gradients='maybe' is not valid; "
+        "choose one of: auto, true, false"
+    ], "no 'Error in call to target' prefix from Hydra"

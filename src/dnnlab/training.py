@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from dnnlab.building import build
 from dnnlab.evaluation import evaluate_split, write_evaluation
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
@@ -39,15 +39,17 @@ def plain(node: Any) -> Any:
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
     """Every named callback of the ``callbacks`` group; a null entry switches one off."""
-    return [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node]
+    nodes = cfg.get("callbacks") or {}
+    return [build(node, f"callbacks.{name}") for name, node in nodes.items() if node]
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(node) for node in (cfg.get("logger") or {}).values() if node]
+    nodes = cfg.get("logger") or {}
+    return [build(node, f"logger.{name}") for name, node in nodes.items() if node]
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    return instantiate(cfg.data, _convert_="all")
+    return build(cfg.data, "data")
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
@@ -74,7 +76,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
     if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's own summary
         callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=build_loggers(cfg) or False)
+    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False)
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:
