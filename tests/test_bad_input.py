@@ -86,6 +86,26 @@ CASES = [
         ["++model.dropout=1.0"],
         r"model.dropout=1.0 is out of range; expected a dropout rate in \[0, 1\)",
     ),
+    (
+        "transfer value without freezing",
+        ["transfer.freeze_epochs=0", "transfer.unfreeze_lr=-0.1"],
+        r"transfer.unfreeze_lr=-0.1 is out of range; expected a learning rate > 0, or null",
+    ),
+    (
+        "unknown frozen BN mode without freezing",
+        ["transfer.freeze_epochs=0", "transfer.frozen_bn=frozen"],
+        r"transfer.frozen_bn='frozen' is not valid; choose one of: batch_stats, inference, train",
+    ),
+    (
+        "batch size 0",
+        ["data.batch_size=0"],
+        r"data.batch_size=0 is out of range; expected a batch size, an integer >= 1",
+    ),
+    (
+        "schedule value",
+        ["scheduler=exponential", "scheduler.schedule.decay_rate=1.5"],
+        r"scheduler.schedule.decay_rate=1.5 is out of range; expected a decay rate in \(0, 1\)",
+    ),
     ("hidden sizes empty", ["model.hidden=[]"], r"model.hidden=\[\] must be a non-empty list"),
     (
         "unknown activation",
@@ -194,13 +214,33 @@ def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -
         ("optimizer.lr", 1e-3, True),
         ("optimizer.lr", 0.0, False),
         ("optimizer.weight_decay", -1e-4, False),
+        ("optimizer.betas", [0.9, 0.999], True),
+        ("optimizer.betas", [0.9, 1.5], False),
+        ("scheduler.schedule.values", [0.1, 0.0], False),
+        ("scheduler.schedule.boundaries", [5, 15], True),
+        ("scheduler.schedule.boundaries", [5, 1.5], False),
+        ("scheduler.schedule.total_steps", 2.5, False),
+        ("clipping.threshold", 0.0, False),
+        ("clipping.threshold", 1.0, True),
+        ("regularization.max_norm", 0, False),
+        ("transfer.unfreeze_lr", -1, False),
+        ("transfer.layers", 0, False),
+        ("transfer.layers", 2, True),
+        ("transfer.freeze_epochs", 0, True),
+        ("data.batch_size", 0, False),
+        ("data.steps_per_block", 1, True),
+        ("model.bn_momentum", 1.5, False),
+        ("parity.bn_eps", 0.0, False),
+        ("model.variance_scaling.scale", -2.0, False),
+        ("model.hidden", [300, 100], True),  # sizes: no rule here (the model checks them)
     ],
 )
-def test_range_rules_match_rates_only(key: str, value: float, ok: bool) -> None:
+def test_range_rules_check_their_keys_only(key: str, value: float, ok: bool) -> None:
     cfg = OmegaConf.create()
     OmegaConf.update(cfg, key, value)
     if ok:
         check_ranges(cfg)
     else:
-        with pytest.raises(ConfigError, match=rf"{re.escape(key)}={value} is out of range"):
+        bad = rf"{re.escape(key)}(\[\d\])?=.* is out of range"  # a list names its item: key[i]
+        with pytest.raises(ConfigError, match=bad):
             check_ranges(cfg)

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from dnnlab.config import CONFIG_DIR, compose_config
 from dnnlab.training import build_callbacks, build_loggers
+from dnnlab.validation import check_ranges
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml"))]
@@ -21,6 +22,7 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     cfg = compose_config([f"{group}={option}"], output_dir=tmp_path)
     OmegaConf.resolve(cfg)  # every interpolation resolves
     assert cfg.paths.output_dir == str(tmp_path)
+    check_ranges(cfg)  # every shipped value is in its range
     build_callbacks(cfg)
     build_loggers(cfg)
     instantiate(cfg.data)

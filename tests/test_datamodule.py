@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import MNIST_DIR, requires_fashion, write_idx_dataset
+from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.data.batches import EpochOrder, TensorBatches
+from dnnlab.errors import ConfigError
+from dnnlab.validation import check_ranges
 
 
 def tiny(tmp_path: Path, **kwargs) -> IdxDataModule:
@@ -31,6 +36,30 @@ def test_loader_on_tiny_idx_files(tmp_path: Path) -> None:
     assert len(seen) == 50 and sorted(seen.tolist()) == sorted(y.tolist())
     val = list(dm.val_dataloader())
     assert [len(vx) for vx, _ in val] == [7, 3]
+
+
+SIZE_CASES = [
+    ("batch_size", 0, "data.batch_size=0 is out of range; expected a batch size, an integer >= 1"),
+    ("eval_batch_size", 2.5, "data.eval_batch_size=2.5 is out of range; expected a batch size"),
+    ("steps_per_block", 0, "data.steps_per_block=0 is out of range; expected a number of"),
+    ("val_size", -1, "data.val_size=-1 is out of range; expected a number of validation images"),
+    (
+        "train_size",
+        0,
+        "data.train_size=0 is out of range; "
+        "expected a number of training images, an integer >= 1, or null (all of them)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), SIZE_CASES)
+def test_bad_sizes_are_one_line_before_any_file_is_read(
+    key: str, value: float, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        IdxDataModule(root="nowhere", download=False, **{key: value})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_ranges(compose_config([f"data.{key}={value}"], output_dir="unused"))
 
 
 def test_validation_is_the_last_part_by_default(tmp_path: Path) -> None:

@@ -112,7 +112,10 @@ def test_default_is_pytorchs_own_or_the_parity_default() -> None:
     [
         ({"mode": "fan_max"}, r"model.variance_scaling.mode='fan_max' is not valid; choose one"),
         ({"distribution": "cauchy"}, r"distribution='cauchy' is not valid; choose one of: normal"),
-        ({"scale": 0}, r"model.variance_scaling.scale=0 must be positive"),
+        (
+            {"scale": 0},
+            r"model.variance_scaling.scale=0 is out of range; expected a variance scale > 0",
+        ),
     ],
 )
 def test_bad_variance_scaling_is_one_clear_line(settings: dict, message: str) -> None:

@@ -110,8 +110,13 @@ def test_alpha_dropout_for_selu_keeps_mean_and_variance() -> None:
     ("kwargs", "message"),
     [
         ({"batch_norm": "middle"}, r"model.batch_norm='middle' is not valid; choose one of: after"),
-        ({"bn_momentum": 1.5}, r"model.bn_momentum=1.5 must be in \[0, 1\]"),
-        ({"bn_eps": 0}, r"model.bn_eps=0 must be positive"),
+        (
+            {"bn_momentum": 1.5},
+            r"model.bn_momentum=1.5 is out of range; expected a BatchNorm momentum in \[0, 1\]",
+        ),
+        ({"bn_eps": 0}, r"model.bn_eps=0 is out of range; expected a BatchNorm epsilon > 0"),
+        ({"bn_eps": "1e-5"}, r"model.bn_eps='1e-5' is out of range; expected a BatchNorm eps"),
+        ({"dropout": True}, r"model.dropout=true is out of range; expected a dropout rate in"),
         (
             {"dropout": 1.0},
             r"model.dropout=1.0 is out of range; expected a dropout rate in \[0, 1\)",

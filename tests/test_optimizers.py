@@ -89,14 +89,21 @@ def test_every_option_builds_steps_and_saves_primitive_state(option: str, parity
             ["optimizer=momentum", "optimizer.momentum=1.5"],
             "optimizer.momentum=1.5 is out of range; expected a momentum in",
         ),
-        (["optimizer=adam", "optimizer.betas=[0.9,1.0]"], "optimizer.betas=[0.9, 1.0]"),
+        (
+            ["optimizer=adam", "optimizer.betas=[0.9,1.0]"],
+            r"optimizer.betas[1]=1.0 is out of range; expected a decay rate \(Adam's beta\) in",
+        ),
+        (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer.betas=[0.9] must be two"),
         (
             ["optimizer=adam", "optimizer.eps=0"],
             "optimizer.eps=0 is out of range; expected an epsilon > 0",
         ),
         (["optimizer=adamw", "optimizer.weight_decay=-1"], "optimizer.weight_decay=-1"),
         (["optimizer=nesterov", "optimizer.momentum=0"], "nesterov=true needs"),
-        (["optimizer.lr=fast"], "optimizer.lr='fast' must be a number"),
+        (
+            ["optimizer.lr=fast"],
+            "optimizer.lr='fast' is out of range; expected a learning rate > 0",
+        ),
         (["+optimizer.rho=0.9"], "rejects these arguments: .*unexpected keyword argument 'rho'"),
         (["optimizer._target_=torch.optim.Nadam"], "'torch.optim.Nadam' is not an importable"),
     ],

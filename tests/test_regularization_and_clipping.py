@@ -97,7 +97,12 @@ def test_max_norm_outgoing_bounds_each_column() -> None:
             {"l2": -1},
             r"regularization.l2=-1 is out of range; expected a penalty factor >= 0",
         ),
-        (Regularization, {"max_norm": 0}, r"regularization.max_norm=0 must be positive or null"),
+        (
+            Regularization,
+            {"max_norm": 0},
+            r"regularization.max_norm=0 is out of range; "
+            r"expected a max-norm radius > 0, or null \(no constraint\)",
+        ),
         (Regularization, {"max_norm_axis": "rows"}, r"max_norm_axis='rows' is not valid; choose"),
         (
             Regularization,
@@ -105,7 +110,16 @@ def test_max_norm_outgoing_bounds_each_column() -> None:
             r"max_norm_biases=true needs regularization.max_norm_axis=incoming",
         ),
         (GradientClipping, {"kind": "l2"}, r"clipping.kind='l2' is not valid; choose one of: cli"),
-        (GradientClipping, {"kind": "norm", "threshold": 0}, r"clipping.threshold=0 must be pos"),
+        (
+            GradientClipping,
+            {"kind": "norm", "threshold": 0},
+            r"clipping.threshold=0 is out of range; expected a clipping threshold > 0",
+        ),
+        (
+            GradientClipping,
+            {"kind": "value", "threshold": None},
+            r"clipping.threshold=null is out of range; expected a clipping threshold > 0",
+        ),
     ],
 )
 def test_bad_settings_are_one_clear_line(cls, settings: dict, message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -11,8 +12,9 @@ import torch
 
 from dnnlab.config import CONFIG_DIR, compose_config
 from dnnlab.errors import ConfigError
-from dnnlab.schedules import build_schedule
+from dnnlab.schedules import PowerDecay, build_schedule, exponential
 from dnnlab.training import plain
+from dnnlab.validation import check_ranges
 
 SCHEDULES = sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml") if p.stem != "none")
 # A stand-in for the trainer: 100 optimizer steps per epoch, 10 epochs.
@@ -138,30 +140,95 @@ def test_schedule_state_loads_weights_only(name: str) -> None:
     assert again.get_last_lr() == schedule.get_last_lr()
 
 
+# Range errors: the same line from the config check (before any data is read) and the builder.
+RANGE_CASES = [
+    (
+        ["scheduler=piecewise", "scheduler.schedule.values=[0.1,-1,0.01]"],
+        "scheduler.schedule.values[1]=-1 is out of range; expected a learning rate > 0",
+    ),
+    (
+        ["scheduler=piecewise", "scheduler.schedule.boundaries=[0,5]"],
+        "scheduler.schedule.boundaries[0]=0 is out of range; "
+        "expected a boundary (scheduler step), an integer >= 1",
+    ),
+    (
+        ["scheduler=power", "scheduler.schedule.s=-3"],
+        "scheduler.schedule.s=-3 is out of range; expected a decay period s (steps or epochs) > 0",
+    ),
+    (
+        ["scheduler=exponential", "scheduler.schedule.decay_rate=2"],
+        "scheduler.schedule.decay_rate=2 is out of range; expected a decay rate in (0, 1)",
+    ),
+    (
+        ["scheduler=exponential", "scheduler.frequency=0"],
+        "scheduler.frequency=0 is out of range; "
+        "expected a frequency (intervals per scheduler step), an integer >= 1",
+    ),
+    (
+        ["scheduler=performance", "scheduler.schedule.factor=1.5"],
+        "scheduler.schedule.factor=1.5 is out of range; expected a reduction factor in (0, 1)",
+    ),
+    (
+        ["scheduler=performance", "scheduler.schedule.patience=0"],
+        "scheduler.schedule.patience=0 is out of range; "
+        "expected a patience in epochs, an integer >= 1",
+    ),
+    (
+        ["scheduler=onecycle", "scheduler.schedule.max_lr=-0.1"],
+        "scheduler.schedule.max_lr=-0.1 is out of range; expected a learning rate > 0",
+    ),
+    (
+        ["scheduler=onecycle", "scheduler.schedule.warmup_fraction=0.7"],
+        "scheduler.schedule.warmup_fraction=0.7 is out of range; "
+        "expected a warm-up fraction of the run in (0, 0.5)",
+    ),
+    (
+        ["scheduler=onecycle", "scheduler.schedule.max_momentum=1.0"],
+        "scheduler.schedule.max_momentum=1.0 is out of range; expected a momentum in [0, 1)",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        *RANGE_CASES,
         (["scheduler=piecewise", "scheduler.schedule.boundaries=[15,5]"], "strictly increasing"),
         (["scheduler=piecewise", "scheduler.schedule.values=[0.1,0.01]"], "one value more"),
-        (["scheduler=piecewise", "scheduler.schedule.values=[0.1,-1,0.01]"], "> 0"),
-        (["scheduler=power", "scheduler.schedule.s=-3"], "scheduler.schedule.s=-3"),
-        (["scheduler=exponential", "scheduler.schedule.decay_rate=2"], "decay_rate=2"),
         (["scheduler=exponential", "scheduler.interval=batch"], "choose one of: epoch, step"),
-        (["scheduler=exponential", "scheduler.frequency=0"], "scheduler.frequency=0"),
         (["scheduler=performance", "scheduler.monitor=val/acc"], "does not fit"),
         (["scheduler=performance", "scheduler.monitor=val/los"], "scheduler.monitor='val/los'"),
-        (["scheduler=performance", "scheduler.schedule.factor=1.5"], "factor=1.5"),
-        (["scheduler=onecycle", "scheduler.schedule.max_lr=-0.1"], "max_lr=-0.1"),
-        (["scheduler=onecycle", "scheduler.schedule.warmup_fraction=0.7"], "< 0.5"),
+        (
+            ["scheduler=onecycle", "scheduler.schedule.base_momentum=0.96"],
+            "scheduler.schedule.base_momentum=0.96 must be <= scheduler.schedule.max_momentum=0.95",
+        ),
         (["scheduler=onecycle", "+scheduler.schedule.foo=1"], "unexpected keyword"),
         (["scheduler=onecycle", "scheduler.schedule._target_=nowhere.f"], "not an importable"),
     ],
 )
 def test_bad_schedule_values_are_one_line(overrides: list[str], message: str) -> None:
     node = plain(compose_config(overrides, output_dir="unused").scheduler)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[")) as err:
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
         build_schedule(node, optimizer(), TRAINER)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [*RANGE_CASES, (["scheduler=exponential", "scheduler.interval=batch"], "choose one of")],
+)
+def test_bad_schedule_values_stop_the_run_before_any_data_is_read(
+    overrides: list[str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_ranges(compose_config(overrides, output_dir="unused"))
+
+
+def test_schedule_functions_check_their_arguments_outside_a_config() -> None:
+    with pytest.raises(ConfigError, match=r"scheduler.schedule.s=true is out of range"):
+        exponential(optimizer(), s=True)
+    with pytest.raises(ConfigError, match=r"scheduler.schedule.c='2' is out of range"):
+        PowerDecay(10, "2")
 
 
 def test_one_cycle_without_momentum_says_how_to_switch_cycling_off() -> None:

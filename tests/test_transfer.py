@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,8 @@ from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
 from dnnlab.training import run
-from dnnlab.transfer import load_lower_layers
+from dnnlab.transfer import FreezeReusedLayers, load_lower_layers
+from dnnlab.validation import check_ranges
 
 pytestmark = requires_fashion
 TASK_A = ["data.classes=[1,3,4,5,6,7,8,9]", "model.hidden=[100,100,100]", "test=false"]
@@ -83,5 +85,53 @@ def test_source_with_another_head_loads_and_mismatch_is_one_line(make_config) ->
     wider = build_mlp(784, 2, hidden=[300, 100, 100], activation="relu", init="he_normal")
     with pytest.raises(ConfigError, match=r"transfer.ckpt_path=.*size mismatch"):
         load_lower_layers(wider, ckpt, None)
-    with pytest.raises(ConfigError, match=r"transfer.layers=4 must be between 1 and 3"):
+    with pytest.raises(
+        ConfigError,
+        match=r"transfer.layers=4 is out of range; "
+        r"expected a number of reused hidden layers, an integer in \[1, 3\], or null",
+    ):
         load_lower_layers(two_classes, ckpt, 4)
+
+
+# Bad transfer settings: the callback's own line, and the same line up front for every config,
+# also without freezing (freeze_epochs=0 builds no callback, so only the config check sees them).
+TRANSFER_CASES = [
+    (
+        {"unfreeze_lr": -0.1},
+        "transfer.unfreeze_lr=-0.1 is out of range; "
+        "expected a learning rate > 0, or null (the optimizer's)",
+    ),
+    (
+        {"layers": 0},
+        "transfer.layers=0 is out of range; "
+        "expected a number of reused hidden layers, an integer >= 1, or null (all of them)",
+    ),
+    (
+        {"freeze_epochs": -1},
+        "transfer.freeze_epochs=-1 is out of range; "
+        "expected a number of frozen epochs, an integer >= 0",
+    ),
+    (
+        {"frozen_bn": "frozen"},
+        "transfer.frozen_bn='frozen' is not valid; choose one of: batch_stats, inference, train",
+    ),
+]
+
+
+@pytest.mark.parametrize(("settings", "message"), TRANSFER_CASES)
+def test_bad_transfer_settings_are_one_line(settings: dict, message: str) -> None:
+    arguments = {"layers": None, "freeze_epochs": 1, **settings}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        FreezeReusedLayers(**arguments)
+
+
+@pytest.mark.parametrize(("settings", "message"), TRANSFER_CASES)
+def test_bad_transfer_settings_stop_every_run_even_without_freezing(
+    settings: dict, message: str, make_config
+) -> None:
+    overrides = [f"transfer.{key}={value}" for key, value in settings.items()]
+    freeze = [] if "freeze_epochs" in settings else ["transfer.freeze_epochs=0"]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_ranges(make_config([*freeze, *overrides]))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        run(make_config([*freeze, *overrides]))  # before any data is read or step is taken

@@ -13,9 +13,12 @@ import lightning as L
 import torch
 from torch.optim import Optimizer
 
-from dnnlab.errors import ConfigError, invalid_choice
+from dnnlab.errors import invalid_choice
+from dnnlab.ranges import check_number, positive
 
 CLIPPING_KINDS = ("none", "value", "norm", "clipnorm")
+# clipping.threshold, checked here and by dnnlab.validation before any data is read.
+THRESHOLD = positive("a clipping threshold")
 
 
 class GradientClipping:
@@ -24,8 +27,8 @@ class GradientClipping:
     def __init__(self, kind: str = "none", threshold: float | None = None) -> None:
         if kind not in CLIPPING_KINDS:
             raise invalid_choice("clipping.kind", kind, CLIPPING_KINDS)
-        if kind != "none" and (threshold is None or not threshold > 0):
-            raise ConfigError(f"clipping.threshold={threshold} must be positive for {kind!r}")
+        if kind != "none":  # clipping.kind=none ignores the threshold
+            check_number("clipping.threshold", threshold, THRESHOLD)
         self.kind, self.threshold = kind, threshold
 
     @classmethod

@@ -15,14 +15,23 @@ from torch.optim import Optimizer
 
 from dnnlab.building import build
 from dnnlab.errors import ConfigError
-from dnnlab.ranges import Rule, check, fraction, non_negative, positive
+from dnnlab.ranges import (
+    LEARNING_RATE,
+    MOMENTUM,
+    Rule,
+    check_items,
+    check_number,
+    fraction,
+    non_negative,
+    positive,
+)
 
 # Hyperparameter name (as torch.optim spells it) -> the rule its value must follow. The one
 # table: dnnlab.validation checks the same rules on the config before any data is read.
 RULES: dict[str, Rule] = {
-    "lr": positive("a learning rate"),
+    "lr": LEARNING_RATE,
     "eps": positive("an epsilon"),
-    "momentum": fraction("a momentum"),
+    "momentum": MOMENTUM,
     "dampening": fraction("a dampening"),
     "alpha": fraction("a decay rate (RMSprop's rho)"),
     "weight_decay": non_negative("a weight decay"),
@@ -30,22 +39,22 @@ RULES: dict[str, Rule] = {
     "lr_decay": non_negative("a learning-rate decay"),
     "momentum_decay": non_negative("a momentum decay"),
 }
+# List hyperparameters -> the rule each item must follow (errors name ``key[i]``).
+ITEM_RULES: dict[str, Rule] = {
+    "betas": fraction("a decay rate (Adam's beta)"),
+}
 
 
 def check_optimizer(node: Mapping[str, Any], key: str = "optimizer") -> None:
     """Raise a one-line ``ConfigError`` for the first value outside its meaning's range."""
     for name, rule in RULES.items():
-        value = node.get(name)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}.{name}={value!r} must be a number")
-        check(f"{key}.{name}", value, rule)
+        if node.get(name) is not None:
+            check_number(f"{key}.{name}", node[name], rule)
     betas = node.get("betas")
-    if betas is not None and (
-        len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas)
-    ):
-        raise ConfigError(f"{key}.betas={list(betas)} must be two numbers in [0, 1)")
+    if betas is not None:
+        if len(betas) != 2:
+            raise ConfigError(f"{key}.betas={list(betas)} must be two decay rates (beta1, beta2)")
+        check_items(f"{key}.betas", list(betas), ITEM_RULES["betas"])
     if node.get("nesterov") and not node.get("momentum"):
         raise ConfigError(f"{key}.nesterov=true needs {key}.momentum > 0")
 

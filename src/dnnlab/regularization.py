@@ -14,9 +14,15 @@ import torch
 from torch import Tensor, nn
 
 from dnnlab.errors import ConfigError, invalid_choice
-from dnnlab.ranges import PENALTY, check
+from dnnlab.ranges import PENALTY, Rule, check_all, or_null, positive
 
 MAX_NORM_AXES = ("incoming", "outgoing")
+# regularization.<key> -> its rule, checked here and by dnnlab.validation before any data is read.
+RULES: dict[str, Rule] = {
+    "l1": PENALTY,
+    "l2": PENALTY,
+    "max_norm": or_null(positive("a max-norm radius"), "no constraint"),
+}
 
 
 @dataclass(frozen=True)
@@ -30,10 +36,7 @@ class Regularization:
     max_norm_biases: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("l1", "l2"):
-            check(f"regularization.{key}", getattr(self, key), PENALTY)
-        if self.max_norm is not None and not self.max_norm > 0:
-            raise ConfigError(f"regularization.max_norm={self.max_norm} must be positive or null")
+        check_all("regularization", RULES, {name: getattr(self, name) for name in RULES})
         if self.max_norm_axis not in MAX_NORM_AXES:
             raise invalid_choice("regularization.max_norm_axis", self.max_norm_axis, MAX_NORM_AXES)
         if self.max_norm_biases and self.max_norm_axis != "incoming":

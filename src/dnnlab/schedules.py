@@ -29,6 +29,19 @@ from torch.optim.lr_scheduler import (
 
 from dnnlab.building import build
 from dnnlab.errors import ConfigError, lookup
+from dnnlab.ranges import (
+    LEARNING_RATE,
+    MOMENTUM,
+    Rule,
+    at_least,
+    check_all,
+    check_items,
+    check_number,
+    interval,
+    non_negative,
+    positive,
+    positive_int,
+)
 
 KEY = "scheduler.schedule"
 INTERVALS = ("step", "epoch")
@@ -42,14 +55,33 @@ MONITOR_MODES = {
 }
 
 
-def _positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(f"{KEY}.{name}={value!r} must be a number > 0")
-
-
-def _fraction(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ConfigError(f"{KEY}.{name}={value!r} must be in (0, 1)")
+DIVISOR = positive("a division factor")  # 1cycle's div_factor and final_div_factor
+# Schedule argument -> the rule its value must follow, checked here (library use) and by
+# dnnlab.validation on ``scheduler.schedule.<name>`` before any data is read.
+RULES: dict[str, Rule] = {
+    "s": positive("a decay period s (steps or epochs)"),
+    "c": positive("a decay power c"),
+    "decay_rate": interval("a decay rate", 0, 1, "()"),
+    "factor": interval("a reduction factor", 0, 1, "()"),
+    "patience": positive_int("a patience in epochs"),
+    "threshold": non_negative("an improvement threshold"),
+    "cooldown": at_least("a cooldown in epochs", 0),
+    "min_lr": non_negative("a minimum learning rate"),
+    "max_lr": LEARNING_RATE,
+    "total_steps": positive_int("a run length in scheduler steps"),
+    "warmup_fraction": interval("a warm-up fraction of the run", 0, 0.5, "()"),
+    "div_factor": DIVISOR,
+    "final_div_factor": DIVISOR,
+    "base_momentum": MOMENTUM,
+    "max_momentum": MOMENTUM,
+}
+# List arguments -> the rule each item must follow (errors name ``key[i]``).
+ITEM_RULES: dict[str, Rule] = {
+    "boundaries": positive_int("a boundary (scheduler step)"),
+    "values": LEARNING_RATE,
+}
+# scheduler.frequency: how many intervals (steps or epochs) between two scheduler steps.
+FREQUENCY = positive_int("a frequency (intervals per scheduler step)")
 
 
 class PowerDecay:
@@ -59,8 +91,7 @@ class PowerDecay:
     """
 
     def __init__(self, s: float, c: float = 1.0) -> None:
-        _positive("s", s)
-        _positive("c", c)
+        check_all(KEY, RULES, {"s": s, "c": c})
         self.s, self.c = float(s), float(c)
 
     def __call__(self, t: int) -> float:
@@ -74,8 +105,7 @@ def power(optimizer: Optimizer, s: float, c: float = 1.0) -> LambdaLR:
 
 def exponential(optimizer: Optimizer, s: float, decay_rate: float = 0.1) -> ExponentialLR:
     """Exponential scheduling: eta0 * decay_rate^(t/s), i.e. 10x lower every ``s`` steps."""
-    _positive("s", s)
-    _fraction("decay_rate", decay_rate)
+    check_all(KEY, RULES, {"s": s, "decay_rate": decay_rate})
     return ExponentialLR(optimizer, gamma=decay_rate ** (1.0 / s))
 
 
@@ -93,17 +123,14 @@ class PiecewiseConstantLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         boundaries, values = list(boundaries), list(values)
-        if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in boundaries):
-            raise ConfigError(f"{KEY}.boundaries={boundaries} must be positive integers")
+        check_items(f"{KEY}.boundaries", boundaries, ITEM_RULES["boundaries"])
         if any(b >= a for b, a in itertools.pairwise(boundaries)):
             raise ConfigError(f"{KEY}.boundaries={boundaries} must be strictly increasing")
         if len(values) != len(boundaries) + 1:
             raise ConfigError(
                 f"{KEY}.values={values} needs one value more than boundaries={boundaries}"
             )
-        for value in values:
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"{KEY}.values={values} must all be learning rates > 0")
+        check_items(f"{KEY}.values", values, ITEM_RULES["values"])
         self.boundaries, self.values = boundaries, [float(v) for v in values]
         super().__init__(optimizer, last_epoch)
 
@@ -125,9 +152,17 @@ def performance(
     epochs (the book's and Keras' meaning; torch's own ``patience`` waits one epoch more).
     """
     lookup(dict.fromkeys(("min", "max")), f"{KEY}.mode", mode)
-    _fraction("factor", factor)
-    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-        raise ConfigError(f"{KEY}.patience={patience!r} must be an integer >= 1")
+    check_all(
+        KEY,
+        RULES,
+        {
+            "factor": factor,
+            "patience": patience,
+            "threshold": threshold,
+            "cooldown": cooldown,
+            "min_lr": min_lr,
+        },
+    )
     return ReduceLROnPlateau(
         optimizer,
         mode=mode,
@@ -155,16 +190,19 @@ def one_cycle(
     ``final_div_factor`` times lower than the start; momentum (or Adam's beta1) cycles the
     other way, max -> base -> max, when ``cycle_momentum``.
     """
-    _positive("max_lr", max_lr)
-    _fraction("warmup_fraction", warmup_fraction)
-    if warmup_fraction >= 0.5:
-        raise ConfigError(f"{KEY}.warmup_fraction={warmup_fraction} must be < 0.5 (up and down)")
-    _positive("div_factor", div_factor)
-    _positive("final_div_factor", final_div_factor)
-    if cycle_momentum and not 0 <= base_momentum <= max_momentum < 1:
+    numbers = {
+        "max_lr": max_lr,
+        "total_steps": total_steps,
+        "warmup_fraction": warmup_fraction,  # < 0.5: as many steps up as down
+        "div_factor": div_factor,
+        "final_div_factor": final_div_factor,
+        "base_momentum": base_momentum,
+        "max_momentum": max_momentum,
+    }
+    check_all(KEY, RULES, numbers)
+    if cycle_momentum and base_momentum > max_momentum:
         raise ConfigError(
-            f"{KEY}.base_momentum={base_momentum}, max_momentum={max_momentum}: "
-            "need 0 <= base_momentum <= max_momentum < 1"
+            f"{KEY}.base_momentum={base_momentum} must be <= {KEY}.max_momentum={max_momentum}"
         )
     if cycle_momentum and not any("momentum" in g or "betas" in g for g in optimizer.param_groups):
         raise ConfigError(
@@ -223,9 +261,7 @@ def run_length(trainer: Any, interval: str) -> int:
 def check_scheduler(node: Mapping[str, Any]) -> None:
     """The settings around the schedule: when it steps."""
     lookup(dict.fromkeys(INTERVALS), "scheduler.interval", node.get("interval", "epoch"))
-    frequency = node.get("frequency", 1)
-    if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
-        raise ConfigError(f"scheduler.frequency={frequency!r} must be a positive integer")
+    check_number("scheduler.frequency", node.get("frequency", 1), FREQUENCY)
 
 
 def check_monitor(monitor: Any, mode: str) -> None:

@@ -19,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from dnnlab.errors import ConfigError, lookup
+from dnnlab.ranges import LEARNING_RATE, Rule, at_least, check_all, check_number, integers, or_null
 
 FROZEN_BN_MODES = {
     "inference": "frozen BN layers use their running statistics and never update them (Keras)",
@@ -27,14 +28,28 @@ FROZEN_BN_MODES = {
 }
 
 
+def layer_count(hidden: int | None = None) -> Rule:
+    """How many hidden layers may be reused: at least one, at most the net's ``hidden``."""
+    return or_null(integers("a number of reused hidden layers", 1, hidden), "all of them")
+
+
+# transfer.<key> -> its rule. dnnlab.validation checks them (and frozen_bn against
+# FROZEN_BN_MODES) on every config before any data is read, with or without freezing; the
+# callback checks them again for library use. layers' upper bound needs the net: see
+# reused_modules.
+RULES: dict[str, Rule] = {
+    "layers": layer_count(),
+    "freeze_epochs": at_least("a number of frozen epochs", 0),
+    "unfreeze_lr": or_null(LEARNING_RATE, "the optimizer's"),
+}
+
+
 def reused_modules(net: nn.Sequential, layers: int | None) -> list[nn.Module]:
     """The modules of the first ``layers`` hidden layers (all hidden layers when None)."""
     dense = [i for i, m in enumerate(net) if isinstance(m, nn.Linear)]
     hidden = len(dense) - 1
-    count = hidden if layers is None else int(layers)
-    if not 0 < count <= hidden:
-        raise ConfigError(f"transfer.layers={layers} must be between 1 and {hidden} (or null)")
-    return list(net[: dense[count]])
+    check_number("transfer.layers", layers, layer_count(hidden))
+    return list(net[: dense[hidden if layers is None else layers]])
 
 
 def load_lower_layers(net: nn.Sequential, ckpt_path: str | Path, layers: int | None) -> int:
@@ -72,10 +87,8 @@ class FreezeReusedLayers(BaseFinetuning):
     ) -> None:
         super().__init__()
         lookup(FROZEN_BN_MODES, "transfer.frozen_bn", frozen_bn)
-        if freeze_epochs < 0:
-            raise ConfigError(f"transfer.freeze_epochs={freeze_epochs} must be >= 0")
-        if unfreeze_lr is not None and unfreeze_lr <= 0:
-            raise ConfigError(f"transfer.unfreeze_lr={unfreeze_lr} must be positive (or null)")
+        settings = {"layers": layers, "freeze_epochs": freeze_epochs, "unfreeze_lr": unfreeze_lr}
+        check_all("transfer", RULES, settings)
         self.layers, self.freeze_epochs = layers, freeze_epochs
         self.unfreeze_lr, self.frozen_bn = unfreeze_lr, frozen_bn
 

@@ -1,57 +1,119 @@
-"""Config checks that run before any data is read: value ranges and the types of overrides.
+"""Config checks that run before any data is read: value ranges, the named choices no builder
+sees before the data, and the types of overrides.
 
 Hydra's grammar types a command-line value (``0.1`` is a float, ``abc`` a string) but the configs
 are plain YAML without schemas, so a wrong type would surface deep inside torch or Lightning.
 Here the type a key has in the config *before* the command line's value overrides is the type the
 user must give; ranges come from the book's definitions (rates are non-negative, a dropout rate
-lies in [0, 1)).
+lies in [0, 1)). The rules are the objects the modules check their own arguments with, so a bound
+is written once.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from dnnlab.errors import ConfigError
-from dnnlab.optimizers import RULES as OPTIMIZER_RULES
+from dnnlab.errors import ConfigError, lookup
 from dnnlab.ranges import DROPOUT_RATE, PENALTY, Rule, check
 
-# Full dotted key pattern -> (test, what is valid). Patterns match any group option that has the
-# key, so optimizers and regularizers added later are checked without a change here.
-RANGE_RULES: dict[str, Rule] = {
-    **{f"optimizer.{name}": rule for name, rule in OPTIMIZER_RULES.items()},
-    "*dropout": DROPOUT_RATE,  # model.alpha_dropout too
-    "*dropout_rate": DROPOUT_RATE,
-    "*dropout.rate": DROPOUT_RATE,
-    "*dropout.p": DROPOUT_RATE,
-    "*.l1": PENALTY,
-    "*.l2": PENALTY,
-}
-
-# Keys whose library accepts a string or a number alike (Lightning: devices=auto or devices=2).
-ANY_SCALAR_KEYS = ("trainer.devices", "trainer.precision", "trainer.strategy")
+# fnmatch for "any item of the list" (leaves() names items ``key[i]``; ``[[]`` is a literal "[").
+ITEM = "[[]*]"
 
 
-def leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf, without resolving interpolations."""
+def under(prefix: str, rules: Mapping[str, Rule], suffix: str = "") -> dict[str, Rule]:
+    """A module's rule table (setting name -> rule) as patterns of full dotted keys."""
+    return {f"{prefix}.{name}{suffix}": rule for name, rule in rules.items()}
+
+
+@functools.cache
+def range_rules() -> dict[str, Rule]:
+    """Full dotted key pattern -> its rule, taken from the modules that check the same values.
+
+    Patterns match any group option that has the key, so optimizers and regularizers added later
+    are checked without a change here. Built on first use, not at import: the cli (and through
+    it the sweep report) imports this module for the type checks alone, and the data and
+    transfer modules import Lightning, which takes seconds.
+    """
+    from dnnlab import clipping, optimizers, regularization, schedules, transfer
+    from dnnlab.data import datamodule
+    from dnnlab.models import blocks, initializers
+
+    return {
+        **under("optimizer", optimizers.RULES),
+        **under("optimizer", optimizers.ITEM_RULES, ITEM),
+        **under("scheduler.schedule", schedules.RULES),
+        **under("scheduler.schedule", schedules.ITEM_RULES, ITEM),
+        "scheduler.frequency": schedules.FREQUENCY,
+        **under("regularization", regularization.RULES),
+        "clipping.threshold": clipping.THRESHOLD,
+        **under("transfer", transfer.RULES),
+        **under("data", datamodule.RULES),
+        **under("*", blocks.RULES),  # model.bn_momentum and the parity default it interpolates
+        "model.variance_scaling.scale": initializers.SCALE,
+        "*dropout": DROPOUT_RATE,  # model.alpha_dropout too
+        "*dropout_rate": DROPOUT_RATE,
+        "*dropout.rate": DROPOUT_RATE,
+        "*dropout.p": DROPOUT_RATE,
+        "*.l1": PENALTY,
+        "*.l2": PENALTY,
+    }
+
+
+@functools.cache
+def choices() -> dict[str, Collection[str]]:
+    """Dotted key -> its valid names, for settings whose builder runs only once the data is
+    read, or not at all (``transfer.frozen_bn`` without freezing). Built on first use, as
+    :func:`range_rules`."""
+    from dnnlab import schedules, transfer
+
+    return {
+        "transfer.frozen_bn": transfer.FROZEN_BN_MODES,
+        "scheduler.interval": schedules.INTERVALS,
+    }
+
+
+def leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, list items as ``key[i]``, without resolving
+    interpolations."""
     if isinstance(node, dict):
-        for key, value in node.items():
-            yield from leaves(value, f"{prefix}{key}.")
-    elif not isinstance(node, list):
-        yield prefix.rstrip("."), node
+        for name, value in node.items():
+            yield from leaves(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from leaves(value, f"{key}[{index}]")
+    else:
+        yield key, node
 
 
-def check_ranges(cfg: DictConfig, rules: dict[str, Rule] = RANGE_RULES) -> None:
-    """Raise :class:`ConfigError` for the first number outside its valid range."""
+def check_ranges(cfg: DictConfig, rules: Mapping[str, Rule] | None = None) -> None:
+    """Raise :class:`ConfigError` for the first number outside its valid range (``rules``:
+    :func:`range_rules`), then for the first name outside its :func:`choices`: on every config,
+    whichever of its settings the run's builders will use."""
+    rules = range_rules() if rules is None else rules
     for key, value in leaves(OmegaConf.to_container(cfg, resolve=False)):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
+            continue  # types are check_override_types' job; text may be an interpolation
         for pattern, rule in rules.items():
             if fnmatch.fnmatchcase(key, pattern):
                 check(key, value, rule)
+    check_choices(cfg)
+
+
+def check_choices(cfg: DictConfig, valid: Mapping[str, Collection[str]] | None = None) -> None:
+    """Raise :class:`ConfigError` for a set key whose value is not one of its names."""
+    for key, names in (choices() if valid is None else valid).items():
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        if value is not None:
+            lookup(dict.fromkeys(names), key, value)
+
+
+# Keys whose library accepts a string or a number alike (Lightning: devices=auto or devices=2).
+ANY_SCALAR_KEYS = ("trainer.devices", "trainer.precision", "trainer.strategy")
 
 
 def type_name(value: Any) -> str:

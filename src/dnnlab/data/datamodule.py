@@ -16,8 +16,18 @@ from dnnlab.data.batches import EpochOrder, TensorBatches
 from dnnlab.data.idx import parse_idx, read_idx_bytes
 from dnnlab.data.sources import SPLIT_FILES, get_spec, locate, verified_bytes
 from dnnlab.errors import ConfigError, DataError, lookup
+from dnnlab.ranges import Rule, check_all, or_null, positive_int
 
 VAL_SPLITS = ("last", "first", "random")
+BATCH_SIZE = positive_int("a batch size")
+# data.<key> -> its rule, checked here and by dnnlab.validation before any data is read.
+RULES: dict[str, Rule] = {
+    "batch_size": BATCH_SIZE,
+    "eval_batch_size": BATCH_SIZE,
+    "steps_per_block": positive_int("a number of optimizer steps per block"),
+    "val_size": positive_int("a number of validation images"),
+    "train_size": or_null(positive_int("a number of training images"), "all of them"),
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -80,15 +90,13 @@ class IdxDataModule(L.LightningDataModule):
         self.spec = get_spec(name)
         lookup(dict.fromkeys(VAL_SPLITS), "data.val_split", val_split)
         sizes = {
-            "data.batch_size": batch_size,
-            "data.eval_batch_size": eval_batch_size,
-            "data.steps_per_block": steps_per_block,
+            "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size,
+            "steps_per_block": steps_per_block,
+            "val_size": val_size,
+            "train_size": train_size,
         }
-        for key, value in sizes.items():
-            if value < 1:
-                raise ConfigError(f"{key}={value} must be a positive integer")
-        if val_size < 1:
-            raise ConfigError(f"data.val_size={val_size} must be a positive integer")
+        check_all("data", RULES, sizes)
         self.name, self.root = name, root
         self.search_dirs, self.download, self.mirrors = list(search_dirs), download, mirrors
         self.verify = verify
@@ -97,8 +105,6 @@ class IdxDataModule(L.LightningDataModule):
         self.steps_per_block = steps_per_block
         self.on_device, self.seed = on_device, seed
         self.class_ids = self._check_classes(classes)
-        if train_size is not None and train_size < 1:
-            raise ConfigError(f"data.train_size={train_size} must be a positive integer or null")
         self.train_size = train_size
         self.tensors: dict[str, tuple[Tensor, Tensor]] = {}
         self._directory: Path | None = None

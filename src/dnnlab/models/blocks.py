@@ -11,14 +11,20 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from dnnlab.errors import ConfigError, invalid_choice
-from dnnlab.ranges import DROPOUT_RATE, check
+from dnnlab.errors import invalid_choice
+from dnnlab.ranges import DROPOUT_RATE, Rule, check_number, interval, positive
 
 BATCH_NORM_PLACES = ("none", "before", "after")
 DROPOUT_KINDS = ("auto", "standard", "alpha")
 # all: the input and every hidden layer (the book's example); hidden: every hidden layer;
 # top: only the last hidden layer (the book: "usually only the top one to three layers").
 DROPOUT_PLACES = ("all", "hidden", "top")
+# BatchNorm setting -> its rule, checked here and by dnnlab.validation (model.bn_<key>, and the
+# parity defaults that fill them in) before any data is read; dropout follows DROPOUT_RATE.
+RULES: dict[str, Rule] = {
+    "bn_momentum": interval("a BatchNorm momentum", 0, 1, "[]"),
+    "bn_eps": positive("a BatchNorm epsilon"),
+}
 
 
 @dataclass(frozen=True)
@@ -31,10 +37,8 @@ class BatchNormChoice:
     def __post_init__(self) -> None:
         if self.place not in BATCH_NORM_PLACES:
             raise invalid_choice("model.batch_norm", self.place, BATCH_NORM_PLACES)
-        if not 0 <= self.momentum <= 1:
-            raise ConfigError(f"model.bn_momentum={self.momentum} must be in [0, 1]")
-        if not self.eps > 0:
-            raise ConfigError(f"model.bn_eps={self.eps} must be positive")
+        check_number("model.bn_momentum", self.momentum, RULES["bn_momentum"])
+        check_number("model.bn_eps", self.eps, RULES["bn_eps"])
 
     def layer(self, features: int) -> nn.BatchNorm1d:
         return nn.BatchNorm1d(features, eps=self.eps, momentum=self.momentum)
@@ -47,7 +51,7 @@ class DropoutChoice:
     place: str = "all"
 
     def __post_init__(self) -> None:
-        check("model.dropout", self.rate, DROPOUT_RATE)
+        check_number("model.dropout", self.rate, DROPOUT_RATE)
         if self.kind not in DROPOUT_KINDS:
             raise invalid_choice("model.dropout_kind", self.kind, DROPOUT_KINDS)
         if self.place not in DROPOUT_PLACES:

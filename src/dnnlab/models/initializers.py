@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from dnnlab.errors import ConfigError, invalid_choice
+from dnnlab.errors import invalid_choice
+from dnnlab.ranges import check_number, positive
 
 # Keras divides the standard deviation of a normal truncated at two standard deviations by this
 # (the std of a unit normal truncated to [-2, 2]) so that the variance stays scale / fan.
@@ -21,6 +22,7 @@ TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 FAN_MODES = ("fan_in", "fan_out", "fan_avg")
 DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
+SCALE = positive("a variance scale")  # model.variance_scaling.scale, also in dnnlab.validation
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,7 @@ class VarianceScaling:
     distribution: str = "truncated_normal"
 
     def __post_init__(self) -> None:
-        if not self.scale > 0:
-            raise ConfigError(f"model.variance_scaling.scale={self.scale} must be positive")
+        check_number("model.variance_scaling.scale", self.scale, SCALE)
         if self.mode not in FAN_MODES:
             raise invalid_choice("model.variance_scaling.mode", self.mode, FAN_MODES)
         if self.distribution not in DISTRIBUTIONS:

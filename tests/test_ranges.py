@@ -1,0 +1,90 @@
+"""One rule per meaning: the rule objects, their one-line message, and that the config checks
+use the very objects the modules check their own arguments with."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from dnnlab import clipping, optimizers, regularization, schedules, transfer
+from dnnlab.data import datamodule
+from dnnlab.errors import ConfigError
+from dnnlab.models import blocks, initializers
+from dnnlab.ranges import (
+    Rule,
+    at_least,
+    check_number,
+    fraction,
+    integers,
+    interval,
+    non_negative,
+    or_null,
+    positive,
+    positive_int,
+)
+from dnnlab.validation import ITEM, range_rules
+
+# (rule, valid values, invalid values, its words)
+RULES = [
+    (positive("a rate"), [1e-9, 3], [0, -1], "a rate > 0"),
+    (non_negative("a factor"), [0, 2.5], [-1e-9], "a factor >= 0"),
+    (fraction("a rate"), [0, 0.5], [1, -0.1], "a rate in [0, 1)"),
+    (interval("a momentum", 0, 1), [0, 1], [1.01, -0.1], "a momentum in [0, 1]"),
+    (interval("a fraction", 0, 0.5, "()"), [0.25], [0, 0.5], "a fraction in (0, 0.5)"),
+    (interval("a value", 0, 1, "(]"), [1], [0], "a value in (0, 1]"),
+    (positive_int("a size"), [1, np.int64(7)], [0, 2.5, 2.0], "a size, an integer >= 1"),
+    (at_least("a count", 0), [0, 3], [-1, 0.5], "a count, an integer >= 0"),
+    (integers("a layer count", 1, 3), [1, 3], [0, 4], "a layer count, an integer in [1, 3]"),
+    (or_null(positive("a radius"), "off"), [None, 1], [0], "a radius > 0, or null (off)"),
+]
+
+
+@pytest.mark.parametrize(("rule", "good", "bad", "words"), RULES, ids=[r[3] for r in RULES])
+def test_rules_accept_their_range_and_say_it(rule: Rule, good: list, bad: list, words) -> None:
+    assert rule.expected == words
+    for value in good:
+        check_number("some.key", value, rule)
+    for value in bad:
+        with pytest.raises(ConfigError, match=rf"^some\.key={value} is out of range; expected "):
+            check_number("some.key", value, rule)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(True, "true"), (False, "false"), (None, "null"), ("0.1", "'0.1'"), ([1], "[1]")],
+)
+def test_booleans_text_and_null_are_refused_in_the_same_line(value: object, shown: str) -> None:
+    message = f"lr={shown} is out of range; expected a learning rate > 0"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        check_number("lr", value, positive("a learning rate"))
+
+
+def module_tables() -> dict[str, Rule]:
+    """Every config key pattern a module checks, with the rule object the module checks it with."""
+    tables = {
+        "optimizer.": optimizers.RULES,
+        "scheduler.schedule.": schedules.RULES,
+        "regularization.": regularization.RULES,
+        "transfer.": transfer.RULES,
+        "data.": datamodule.RULES,
+        "*.": blocks.RULES,
+    }
+    item_tables = {"optimizer.": optimizers.ITEM_RULES, "scheduler.schedule.": schedules.ITEM_RULES}
+    rules = {f"{p}{name}": rule for p, table in tables.items() for name, rule in table.items()}
+    for p, table in item_tables.items():
+        rules |= {f"{p}{name}{ITEM}": rule for name, rule in table.items()}
+    return {
+        **rules,
+        "scheduler.frequency": schedules.FREQUENCY,
+        "clipping.threshold": clipping.THRESHOLD,
+        "model.variance_scaling.scale": initializers.SCALE,
+    }
+
+
+def test_config_checks_use_the_modules_rule_objects() -> None:
+    """A bound is written once: the config check holds the module's object, not a copy."""
+    rules = range_rules()
+    for key, rule in module_tables().items():
+        assert rules[key] is rule, key
