@@ -122,10 +122,14 @@ def test_range_test_measures_the_objective_the_run_minimizes(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["tune.min_lr=-1"], "tune.min_lr=-1 must be a number > 0"),
-        (["tune.max_lr=1e-6"], "tune.max_lr=1e-06 must be a number above tune.min_lr"),
-        (["tune.num_steps=1"], "tune.num_steps=1 must be an integer >= 2"),
-        (["tune.divergence=0.5"], "tune.divergence=0.5 must be a number > 1"),
+        (["tune.min_lr=-1"], r"tune.min_lr=-1 is out of range; expected a learning rate > 0"),
+        (["tune.max_lr=1e-6"], "tune.max_lr=1e-06 must be above tune.min_lr=1e-05"),
+        (["tune.num_steps=1"], r"tune.num_steps=1 is out of range; expected .* integer >= 2"),
+        (["tune.num_steps=true"], r"tune.num_steps=true is out of range; expected .* integer"),
+        (["tune.num_steps=2.5"], r"tune.num_steps=2.5 is out of range; expected .* integer"),
+        (["tune.divergence=0.5"], r"tune.divergence=0.5 is out of range; expected .* > 1"),
+        (["tune.smoothing=1.0"], r"tune.smoothing=1.0 is out of range; expected .* in \[0, 1\)"),
+        (["tune.suggest_fraction=0"], r"tune.suggest_fraction=0 is out of range; .* in \(0, 1\]"),
         (["tune.use_for=momentum"], "tune.use_for='momentum' is not valid; choose one of: lr"),
         (["tune.use_for=max_lr"], "tune.use_for=max_lr needs .*scheduler=onecycle"),
     ],

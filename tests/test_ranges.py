@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from dnnlab import clipping, optimizers, regularization, schedules, transfer
+from dnnlab import clipping, lr_finder, optimizers, regularization, schedules, transfer
 from dnnlab.data import datamodule
 from dnnlab.errors import ConfigError
 from dnnlab.models import blocks, initializers
@@ -68,6 +68,7 @@ def module_tables() -> dict[str, Rule]:
         "scheduler.schedule.": schedules.RULES,
         "regularization.": regularization.RULES,
         "transfer.": transfer.RULES,
+        "tune.": lr_finder.RULES,
         "data.": datamodule.RULES,
         "*.": blocks.RULES,
     }

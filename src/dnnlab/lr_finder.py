@@ -30,6 +30,16 @@ from torch.optim import Optimizer
 
 from dnnlab.data.batches import EpochOrder
 from dnnlab.errors import ConfigError, lookup
+from dnnlab.ranges import (
+    LEARNING_RATE,
+    Rule,
+    above,
+    check_all,
+    fraction,
+    integers,
+    interval,
+    or_null,
+)
 
 log = logging.getLogger(__name__)
 
@@ -140,23 +150,23 @@ def plot_range_test(result: RangeTest) -> Figure:
     return figure
 
 
+# tune.<name> -> its valid range (also checked before any data is read: dnnlab.validation).
+RULES: dict[str, Rule] = {
+    "min_lr": LEARNING_RATE,
+    "max_lr": LEARNING_RATE,
+    "num_steps": or_null(integers("a number of steps", 2), "one epoch"),
+    "divergence": above("a divergence factor (x the lowest smoothed loss)", 1),
+    "smoothing": fraction("a smoothing factor"),
+    "suggest_fraction": interval("a fraction of the best LR", 0, 1, "(]"),
+}
+
+
 def check_tune(tune: Mapping[str, Any], cfg: DictConfig) -> None:
     """One line for a setting of the finder that cannot work."""
+    check_all("tune", RULES, {name: tune[name] for name in RULES})
     min_lr, max_lr = tune["min_lr"], tune["max_lr"]
-    if not (isinstance(min_lr, int | float) and min_lr > 0):
-        raise ConfigError(f"tune.min_lr={min_lr!r} must be a number > 0")
-    if not (isinstance(max_lr, int | float) and max_lr > min_lr):
-        raise ConfigError(f"tune.max_lr={max_lr!r} must be a number above tune.min_lr={min_lr}")
-    steps = tune["num_steps"]
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 2):
-        raise ConfigError(f"tune.num_steps={steps!r} must be an integer >= 2 (null: one epoch)")
-    if not (isinstance(tune["divergence"], int | float) and tune["divergence"] > 1):
-        raise ConfigError(f"tune.divergence={tune['divergence']!r} must be a number > 1")
-    if not (isinstance(tune["smoothing"], int | float) and 0 <= tune["smoothing"] < 1):
-        raise ConfigError(f"tune.smoothing={tune['smoothing']!r} must be in [0, 1)")
-    fraction = tune["suggest_fraction"]
-    if not (isinstance(fraction, int | float) and 0 < fraction <= 1):
-        raise ConfigError(f"tune.suggest_fraction={fraction!r} must be in (0, 1]")
+    if not max_lr > min_lr:
+        raise ConfigError(f"tune.max_lr={max_lr!r} must be above tune.min_lr={min_lr}")
     use_for = tune["use_for"]
     if use_for is not None:
         target = lookup(TARGET_KEYS, "tune.use_for", use_for)

@@ -31,8 +31,12 @@ def _rule(what: str, test: Callable[[float], bool], bound: str, integer: bool = 
     return Rule(test, f"{what} {bound}")
 
 
+def above(what: str, low: float) -> Rule:
+    return _rule(what, lambda v: v > low, f"> {low}")
+
+
 def positive(what: str) -> Rule:
-    return _rule(what, lambda v: v > 0, "> 0")
+    return above(what, 0)
 
 
 def non_negative(what: str) -> Rule:

@@ -39,7 +39,7 @@ def range_rules() -> dict[str, Rule]:
     it the sweep report) imports this module for the type checks alone, and the data and
     transfer modules import Lightning, which takes seconds.
     """
-    from dnnlab import clipping, optimizers, regularization, schedules, transfer
+    from dnnlab import clipping, lr_finder, optimizers, regularization, schedules, transfer
     from dnnlab.data import datamodule
     from dnnlab.models import blocks, initializers
 
@@ -52,6 +52,7 @@ def range_rules() -> dict[str, Rule]:
         **under("regularization", regularization.RULES),
         "clipping.threshold": clipping.THRESHOLD,
         **under("transfer", transfer.RULES),
+        **under("tune", lr_finder.RULES),
         **under("data", datamodule.RULES),
         **under("*", blocks.RULES),  # model.bn_momentum and the parity default it interpolates
         "model.variance_scaling.scale": initializers.SCALE,
