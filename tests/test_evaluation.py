@@ -63,7 +63,10 @@ def test_mc_with_rate_zero_equals_plain() -> None:
     plain = predict_proba(net, x)
     mc = mc_dropout_proba(net, x, samples=7)
     assert torch.allclose(mc.mean(dim=0), plain, atol=1e-6) and torch.all(mc.std(dim=0) < 1e-6)
-    with pytest.raises(ConfigError, match=r"mc_dropout.samples=0 must be a positive"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mc_dropout.samples=0 is out of range; expected a number of passes, an integer >= 1",
+    ):
         mc_dropout_proba(net, x, samples=0)
 
 

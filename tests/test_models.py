@@ -42,7 +42,8 @@ def test_he_normal_variance_matches_two_over_fan_in() -> None:
             {"init": "he"},
             r"model.init='he' is not valid; choose one of: auto, default, glorot_normal",
         ),
-        ({"hidden": []}, r"model.hidden=\[\] must be a non-empty list of positive sizes"),
+        ({"hidden": []}, r"model.hidden=\[\] must list at least one hidden layer size"),
+        ({"hidden": [300, 0]}, r"model.hidden\[1\]=0 is out of range; expected a layer size"),
         (
             {"activation": "elu", "activation_params": {"elu": {"slope": 1}}},
             r"model.activation_params.elu=\{'slope': 1\} do not fit activation 'elu'",

@@ -8,10 +8,20 @@ import re
 import numpy as np
 import pytest
 
-from dnnlab import clipping, lr_finder, optimizers, regularization, schedules, transfer
+from dnnlab import (
+    clipping,
+    evaluation,
+    lr_finder,
+    optimizers,
+    regularization,
+    schedules,
+    transfer,
+)
+from dnnlab.config import compose_config
 from dnnlab.data import datamodule
+from dnnlab.diagnostics import callback as diagnostics
 from dnnlab.errors import ConfigError
-from dnnlab.models import blocks, initializers
+from dnnlab.models import blocks, initializers, mlp
 from dnnlab.ranges import (
     Rule,
     at_least,
@@ -24,7 +34,7 @@ from dnnlab.ranges import (
     positive,
     positive_int,
 )
-from dnnlab.validation import ITEM, range_rules
+from dnnlab.validation import ITEM, check_ranges, range_rules
 
 # (rule, valid values, invalid values, its words)
 RULES = [
@@ -71,6 +81,7 @@ def module_tables() -> dict[str, Rule]:
         "tune.": lr_finder.RULES,
         "data.": datamodule.RULES,
         "*.": blocks.RULES,
+        "callbacks.gradient_diagnostics.": diagnostics.RULES,
     }
     item_tables = {"optimizer.": optimizers.ITEM_RULES, "scheduler.schedule.": schedules.ITEM_RULES}
     rules = {f"{p}{name}": rule for p, table in tables.items() for name, rule in table.items()}
@@ -81,6 +92,8 @@ def module_tables() -> dict[str, Rule]:
         "scheduler.frequency": schedules.FREQUENCY,
         "clipping.threshold": clipping.THRESHOLD,
         "model.variance_scaling.scale": initializers.SCALE,
+        "mc_dropout.samples": evaluation.SAMPLES,
+        f"model.hidden{ITEM}": mlp.LAYER_SIZE,
     }
 
 
@@ -89,3 +102,35 @@ def test_config_checks_use_the_modules_rule_objects() -> None:
     rules = range_rules()
     for key, rule in module_tables().items():
         assert rules[key] is rule, key
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "mc_dropout.samples=-1",
+            "mc_dropout.samples=-1 is out of range; "
+            "expected a number of MC dropout passes (0: off), an integer >= 0",
+        ),
+        (
+            "model.hidden=[300,0]",
+            "model.hidden[1]=0 is out of range; expected a layer size (units), an integer >= 1",
+        ),
+        (
+            "callbacks.gradient_diagnostics.saturation_eps=0.5",
+            "callbacks.gradient_diagnostics.saturation_eps=0.5 is out of range; "
+            "expected a saturation margin in (0, 0.5)",
+        ),
+        (
+            "tune.smoothing=1.0",
+            "tune.smoothing=1.0 is out of range; expected a smoothing factor in [0, 1)",
+        ),
+    ],
+)
+def test_settings_used_after_training_are_checked_before_any_data(
+    override: str, message: str, tmp_path
+) -> None:
+    """MC dropout runs after the test, the finder before training: a bad value must not wait."""
+    cfg = compose_config([override], output_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        check_ranges(cfg)

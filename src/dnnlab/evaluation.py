@@ -19,12 +19,15 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
 from dnnlab.errors import ConfigError
+from dnnlab.ranges import check_number, integers
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from dnnlab.data.datamodule import IdxDataModule
 
+PASSES = integers("a number of passes", 1)  # mc_dropout_proba's
+SAMPLES = integers("a number of MC dropout passes (0: off)", 0)  # the mc_dropout.samples setting
 DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout, ...
 
 
@@ -57,8 +60,7 @@ def mc_dropout_proba(
     model: nn.Module, images: Tensor, samples: int, batch_size: int = 1000, seed: int = 0
 ) -> Tensor:
     """``samples`` stochastic passes with only dropout active: shape (samples, N, classes)."""
-    if samples < 1:
-        raise ConfigError(f"mc_dropout.samples={samples} must be a positive integer")
+    check_number("mc_dropout.samples", samples, PASSES)
     devices = [images.device] if images.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), mc_dropout_mode(model):
         torch.manual_seed(seed)

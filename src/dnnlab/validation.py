@@ -39,9 +39,18 @@ def range_rules() -> dict[str, Rule]:
     it the sweep report) imports this module for the type checks alone, and the data and
     transfer modules import Lightning, which takes seconds.
     """
-    from dnnlab import clipping, lr_finder, optimizers, regularization, schedules, transfer
+    from dnnlab import (
+        clipping,
+        evaluation,
+        lr_finder,
+        optimizers,
+        regularization,
+        schedules,
+        transfer,
+    )
     from dnnlab.data import datamodule
-    from dnnlab.models import blocks, initializers
+    from dnnlab.diagnostics import callback as diagnostics
+    from dnnlab.models import blocks, initializers, mlp
 
     return {
         **under("optimizer", optimizers.RULES),
@@ -53,6 +62,9 @@ def range_rules() -> dict[str, Rule]:
         "clipping.threshold": clipping.THRESHOLD,
         **under("transfer", transfer.RULES),
         **under("tune", lr_finder.RULES),
+        **under("callbacks.gradient_diagnostics", diagnostics.RULES),
+        "mc_dropout.samples": evaluation.SAMPLES,
+        f"model.hidden{ITEM}": mlp.LAYER_SIZE,
         **under("data", datamodule.RULES),
         **under("*", blocks.RULES),  # model.bn_momentum and the parity default it interpolates
         "model.variance_scaling.scale": initializers.SCALE,

@@ -32,13 +32,21 @@ from dnnlab.diagnostics.layers import (
     layer_names,
 )
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
-from dnnlab.errors import ConfigError, TrainingDiverged
+from dnnlab.errors import TrainingDiverged
 from dnnlab.models import dense_layers
+from dnnlab.ranges import Rule, check_all, integers, interval
 from dnnlab.scalars import log_scalars
 
 log = logging.getLogger(__name__)
 
 KEY = "callbacks.gradient_diagnostics"
+# Its settings' valid ranges (also checked before any data is read: dnnlab.validation).
+RULES: dict[str, Rule] = {
+    "every_n_steps": integers("a sampling period in optimizer steps", 1),
+    "histogram_every_n_epochs": integers("a period in epochs (0: never)", 0),
+    "figure_every_n_epochs": integers("a period in epochs (0: never)", 0),
+    "saturation_eps": interval("a saturation margin", 0, 0.5, "()"),
+}
 ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
 VERDICT_FILE = "gradient_diagnostics.json"
 FIGURE_FILE = "grad_norm_vs_depth.png"
@@ -95,15 +103,13 @@ class GradientDiagnostics(Callback):
         verdict: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        for key, value, least in (
-            ("every_n_steps", every_n_steps, 1),
-            ("histogram_every_n_epochs", histogram_every_n_epochs, 0),
-            ("figure_every_n_epochs", figure_every_n_epochs, 0),
-        ):
-            if not isinstance(value, int) or value < least:
-                raise ConfigError(f"{KEY}.{key}={value!r} must be an integer >= {least}")
-        if not 0 < saturation_eps < 0.5:
-            raise ConfigError(f"{KEY}.saturation_eps={saturation_eps!r} must be in (0, 0.5)")
+        settings = {
+            "every_n_steps": every_n_steps,
+            "histogram_every_n_epochs": histogram_every_n_epochs,
+            "figure_every_n_epochs": figure_every_n_epochs,
+            "saturation_eps": saturation_eps,
+        }
+        check_all(KEY, RULES, settings)
         self.every_n_steps = every_n_steps
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self.figure_every_n_epochs = figure_every_n_epochs

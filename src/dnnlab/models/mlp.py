@@ -16,6 +16,9 @@ from dnnlab.models.initializers import (
     make_initializer,
     resolve_init,
 )
+from dnnlab.ranges import check_items, integers
+
+LAYER_SIZE = integers("a layer size (units)", 1)  # each item of model.hidden
 
 
 def build_mlp(
@@ -42,8 +45,9 @@ def build_mlp(
     The keyword arguments are the keys of ``conf/model/mlp.yaml``; ``activation_defaults``,
     ``default_init`` and ``init_normal`` are the library defaults that ``parity`` picks.
     """
-    if not hidden or any(int(units) < 1 for units in hidden):
-        raise ConfigError(f"model.hidden={list(hidden)} must be a non-empty list of positive sizes")
+    if not hidden:
+        raise ConfigError("model.hidden=[] must list at least one hidden layer size")
+    check_items("model.hidden", list(hidden), LAYER_SIZE)
     concrete = resolve_init(init, activation, default_init)
     initializer = make_initializer(concrete, init_normal, variance_scaling)
     norm = BatchNormChoice(batch_norm, input_batch_norm, bn_momentum, bn_eps)
