@@ -109,8 +109,13 @@ def test_bad_settings_are_one_line_config_errors(make_config) -> None:
         GradientDiagnostics(every_n_steps=0)
     with pytest.raises(ConfigError, match=r"verdict.vanishing is not a threshold; choose from"):
         GradientDiagnostics(verdict={"vanishing": 0.1})
-    with pytest.raises(ConfigError, match=r"verdict.window=-1 must be a positive number"):
+    with pytest.raises(
+        ConfigError,
+        match=r"verdict.window=-1 is out of range; expected a number of samples, an integer >= 1",
+    ):
         GradientDiagnostics(verdict={"window": -1})
+    with pytest.raises(ConfigError, match=r"dead_fraction=1.5 is out of range; .* in \(0, 1\]"):
+        GradientDiagnostics(verdict={"dead_fraction": 1.5})
     (callback,) = [
         c
         for c in build_callbacks(make_config(["callbacks.gradient_diagnostics.every_n_steps=7"]))

@@ -20,6 +20,7 @@ from dnnlab import (
 from dnnlab.config import compose_config
 from dnnlab.data import datamodule
 from dnnlab.diagnostics import callback as diagnostics
+from dnnlab.diagnostics import verdict
 from dnnlab.errors import ConfigError
 from dnnlab.models import blocks, initializers, mlp
 from dnnlab.ranges import (
@@ -82,6 +83,7 @@ def module_tables() -> dict[str, Rule]:
         "data.": datamodule.RULES,
         "*.": blocks.RULES,
         "callbacks.gradient_diagnostics.": diagnostics.RULES,
+        "callbacks.gradient_diagnostics.verdict.": verdict.RULES,
     }
     item_tables = {"optimizer.": optimizers.ITEM_RULES, "scheduler.schedule.": schedules.ITEM_RULES}
     rules = {f"{p}{name}": rule for p, table in tables.items() for name, rule in table.items()}

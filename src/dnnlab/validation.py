@@ -50,6 +50,7 @@ def range_rules() -> dict[str, Rule]:
     )
     from dnnlab.data import datamodule
     from dnnlab.diagnostics import callback as diagnostics
+    from dnnlab.diagnostics import verdict
     from dnnlab.models import blocks, initializers, mlp
 
     return {
@@ -63,6 +64,7 @@ def range_rules() -> dict[str, Rule]:
         **under("transfer", transfer.RULES),
         **under("tune", lr_finder.RULES),
         **under("callbacks.gradient_diagnostics", diagnostics.RULES),
+        **under("callbacks.gradient_diagnostics.verdict", verdict.RULES),
         "mc_dropout.samples": evaluation.SAMPLES,
         f"model.hidden{ITEM}": mlp.LAYER_SIZE,
         **under("data", datamodule.RULES),

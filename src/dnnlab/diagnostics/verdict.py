@@ -12,8 +12,23 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dnnlab.errors import ConfigError
+from dnnlab.ranges import Rule, check_all, integers, interval, positive
 
 KEY = "callbacks.gradient_diagnostics.verdict"
+_RATIO = positive("a gradient ratio")
+_TOLERANCE = positive("a tolerance")
+_FRACTION = interval("a fraction of the layer's units", 0, 1, "(]")
+# Each threshold's valid range (also checked before any data is read: dnnlab.validation).
+RULES: dict[str, Rule] = {
+    "vanishing_ratio": _RATIO,
+    "exploding_ratio": _RATIO,
+    "exploding_growth": positive("a growth factor"),
+    "selu_mean_tol": _TOLERANCE,
+    "selu_std_tol": _TOLERANCE,
+    "dead_fraction": _FRACTION,
+    "saturated_fraction": _FRACTION,
+    "window": integers("a number of samples", 1),
+}
 
 
 @dataclass(frozen=True)
@@ -38,9 +53,7 @@ class Thresholds:
             raise ConfigError(
                 f"{KEY}.{unknown[0]} is not a threshold; choose from: {', '.join(valid)}"
             )
-        for name, value in values.items():
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(f"{KEY}.{name}={value!r} must be a positive number")
+        check_all(KEY, RULES, values)
         return cls(**values)
 
     def as_dict(self) -> dict[str, float]:
