@@ -106,7 +106,12 @@ CASES = [
         ["scheduler=exponential", "scheduler.schedule.decay_rate=1.5"],
         r"scheduler.schedule.decay_rate=1.5 is out of range; expected a decay rate in \(0, 1\)",
     ),
-    ("hidden sizes empty", ["model.hidden=[]"], r"model.hidden=\[\] must be a non-empty list"),
+    ("hidden sizes empty", ["model.hidden=[]"], r"model.hidden=\[\] must list at least one hidden"),
+    (
+        "hidden size zero",
+        ["model.hidden=[300,0]"],
+        r"model.hidden\[1\]=0 is out of range; expected a layer size \(units\), an integer >= 1",
+    ),
     (
         "unknown activation",
         ["model.activation=relux"],
