@@ -8,6 +8,8 @@ process, on the same in-memory tensors, alternating so that machine noise hits e
 - ``dnnlab``: ``dnnlab.training.run`` with the defaults (TensorBoard, checkpoints, divergence
   monitor, gradient diagnostics);
 - ``dnnlab, diagnostics off``: the same with ``callbacks.gradient_diagnostics=null``;
+- ``dnnlab, compile=true``: the defaults with the network's forward compiled; the second of two
+  epochs, after the compilation in the first;
 - ``Keras fit``: the same model in Keras 3, when ``keras`` is importable (never a dependency),
   in a process of its own (``scripts/keras_epoch.py``) between the other paths; its second
   epoch, after the tracing of the first.
@@ -59,6 +61,7 @@ COMMON = [
     "trainer.num_sanity_val_steps=0",
 ]
 NO_DIAGNOSTICS = "callbacks.gradient_diagnostics=null"
+COMPILED = "dnnlab, compile=true (2nd epoch)"
 
 # Name -> (what it is, overrides of the default experiment).
 WORKLOADS: dict[str, tuple[str, list[str]]] = {
@@ -144,12 +147,14 @@ def hand_loop_epoch(datamodule: IdxDataModule, cfg: DictConfig) -> float:
     return time.perf_counter() - start
 
 
-def dnnlab_epoch(overrides: list[str]) -> float:
+def dnnlab_epoch(overrides: list[str], epochs: int = 1) -> float:
+    """The last of ``epochs`` epochs of ``train.py``'s code path (the first, under
+    ``compile=true``, includes the compilation)."""
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as out:
-        cfg = compose_config([*COMMON, *overrides], output_dir=out)
+        cfg = compose_config([*COMMON, f"trainer.max_epochs={epochs}", *overrides], output_dir=out)
         timer = EpochTimer()
         run(cfg, extra_callbacks=[timer])
-    return timer.seconds[0]
+    return timer.seconds[-1]
 
 
 def keras_backend() -> str:
@@ -220,6 +225,7 @@ def time_workload(name: str, repeats: int, keras_repeats: int, scratch: Path) ->
         "hand loop": lambda: hand_loop_epoch(datamodule, cfg),
         "dnnlab": lambda: dnnlab_epoch(overrides),
         "dnnlab, diagnostics off": lambda: dnnlab_epoch([*overrides, NO_DIAGNOSTICS]),
+        COMPILED: lambda: dnnlab_epoch([*overrides, "compile=true"], epochs=2),
     }
     keras_path = keras_epoch_factory(datamodule, cfg, scratch) if keras_repeats else None
     if keras_path is not None:
@@ -270,6 +276,9 @@ def speed_table(results: dict[str, Timings]) -> list[str]:
             )
         on, off = timings.best("dnnlab"), timings.best("dnnlab, diagnostics off")
         notes.append(f"{name}: the default diagnostics add {100 * (on / off - 1):+.1f}% (best)")
+        if COMPILED in timings.seconds:
+            compiled = timings.best(COMPILED)
+            notes.append(f"{name}: compile=true takes {compiled / on:.2f}x the eager epoch time")
         for label in timings.seconds:
             if label.startswith("Keras"):
                 keras = timings.best(label)

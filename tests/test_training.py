@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch._dynamo.utils import counters
 
 from conftest import requires_fashion
 from dnnlab.module import Classifier
@@ -62,11 +63,21 @@ def test_compiled_network_trains_like_the_eager_one_and_saves_plain_checkpoints(
     make_config,
 ) -> None:
     overrides = ["trainer.max_epochs=1", "test=false", "trainer.deterministic=true"]
-    eager = run(make_config(overrides, run="eager"))
+    eager_cfg = make_config(overrides, run="eager")
+    eager = run(eager_cfg)
     cfg = make_config([*overrides, "compile=true"], run="compiled")
+    counters.clear()
     compiled = run(cfg)
+    assert counters["frames"]["ok"] > 0, "torch.compile traced the network's forward"
+    assert not counters["graph_break"], "whole graphs: the diagnostics' hooks stay out of them"
     # Same initial weights and batches; compiled kernels may round differently in the last bits.
     assert compiled["val/acc"] == pytest.approx(eager["val/acc"], abs=0.02)
+    # The diagnostics' sampled passes still see the activations (they run eagerly).
+    ours, theirs = scalars(Path(cfg.paths.output_dir)), scalars(Path(eager_cfg.paths.output_dir))
+    acts = sorted(tag for tag in theirs if tag.startswith("act_mean/"))
+    assert acts and all(len(ours[tag]) == len(theirs[tag]) > 1 for tag in acts)
+    first = [ours[tag][0][1] for tag in acts], [theirs[tag][0][1] for tag in acts]
+    assert first[0] == pytest.approx(first[1], rel=1e-4, abs=1e-6), "the same first sample"
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in state["state_dict"] if "_orig_mod" in k], "keys as without compile"
     Classifier.load_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")

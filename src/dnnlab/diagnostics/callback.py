@@ -14,6 +14,7 @@ import json
 import logging
 import statistics
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,7 @@ class GradientDiagnostics(Callback):
         self._pending: list[dict[str, Any]] = []
         self._record: dict[str, Any] | None = None
         self._hooks: list[RemovableHandle] = []
+        self._eager = ExitStack()  # holds torch.compile's force_eager stance while hooks are held
         self._captured: dict[int, Tensor] = {}
         self._before_update: list[Tensor] | None = None
         self._epoch_start_weights: list[Tensor] = []
@@ -180,17 +182,23 @@ class GradientDiagnostics(Callback):
 
     # ------------------------------------------------------------------ activation hooks
     def _hold_hooks(self) -> None:
-        """Hook the activations for the next forward pass only (hooks slow every call)."""
+        """Hook the activations for the next forward pass only (hooks slow every call).
+
+        Under ``compile=true`` the network's compiled forward does not see hooks added after it
+        was compiled, so that one pass runs eagerly (``force_eager``): the other steps keep the
+        compiled forward without a per-call check for hooks.
+        """
         if self._hooks:
             return
         self._captured.clear()
         for index, module in enumerate(self.activations):
             self._hooks.append(module.register_forward_hook(self._capture(index)))
+        self._eager.enter_context(torch.compiler.set_stance("force_eager"))
 
     def _capture(self, index: int) -> Any:
         saturated = self.saturation[index]
 
-        @torch.compiler.disable  # under compile=true: run eagerly, do not guard on our state
+        @torch.compiler.disable  # should anything compile around it: never trace our state
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if module.training:
                 pre = inputs[0]
@@ -204,6 +212,7 @@ class GradientDiagnostics(Callback):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        self._eager.close()  # back to the stance before: compiled code runs compiled again
         if self.activations and len(self._captured) == len(self.activations):
             return torch.stack([self._captured[i] for i in range(len(self.activations))])
         return None
@@ -315,6 +324,7 @@ class GradientDiagnostics(Callback):
 
     # ------------------------------------------------------------------------------ verdict
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._release_hooks()  # a pass held for a step that never came
         self._conclude(trainer)
 
     def on_exception(
@@ -329,6 +339,7 @@ class GradientDiagnostics(Callback):
         """
         if not hasattr(self, "layers") or self.verdict:
             return
+        self._release_hooks()
         self._finish_update()  # before appending: it completes the last sampled record
         norms = _norms(self.layers)
         if not bool(norms.isfinite().all()):
