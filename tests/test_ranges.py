@@ -8,15 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from dnnlab import (
-    clipping,
-    evaluation,
-    lr_finder,
-    optimizers,
-    regularization,
-    schedules,
-    transfer,
-)
+from dnnlab import clipping, evaluation, lr_finder, optimizers, regularization, schedules, transfer
 from dnnlab.config import compose_config
 from dnnlab.data import datamodule
 from dnnlab.diagnostics import callback as diagnostics
