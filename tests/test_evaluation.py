@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from dnnlab.evaluation import (
     predict_proba,
     summarize,
 )
-from dnnlab.training import run
+from dnnlab.training import evaluate_test_split, run
 
 
 def net_with_bn_and_dropout(rate: float) -> nn.Sequential:
@@ -84,12 +85,7 @@ def test_calibration_error_and_entropy_match_their_definitions() -> None:
 @requires_fashion
 @pytest.mark.slow
 def test_eval_py_evaluates_a_saved_run_from_its_checkpoint(make_config, tmp_path: Path) -> None:
-    cfg = make_config(["trainer.max_epochs=1", "test=false"])
-    run(cfg)
-    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    # .hydra/config.yaml is written by Hydra for real runs; here write the composed config.
-    (ckpt.parent.parent / ".hydra").mkdir()
-    (ckpt.parent.parent / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    ckpt = saved_run(make_config)  # Hydra writes .hydra/config.yaml for real runs
     result = run_script(tmp_path, "eval.py", f"ckpt_path={ckpt}")
     assert result.returncode == 0, result.stderr[-2000:]
     (out,) = (tmp_path / "logs" / "evals").iterdir()
@@ -114,6 +110,40 @@ def test_train_reports_mc_dropout_next_to_plain(make_config) -> None:
     no_dropout = make_config(["mc_dropout.samples=5"], run="plain")
     with pytest.raises(ConfigError, match=r"mc_dropout.samples=5 needs dropout layers"):
         run(no_dropout)
+    assert not (Path(no_dropout.paths.output_dir) / "checkpoints").exists(), "before training"
+
+
+def test_only_the_first_ddp_process_evaluates_and_writes(make_config, tmp_path: Path) -> None:
+    cfg = make_config(["model.dropout=0.2", "mc_dropout.samples=3"])
+    other_rank = SimpleNamespace(is_global_zero=False, loggers=[], global_step=0)
+    assert evaluate_test_split(cfg, None, None, other_rank) == {}
+    assert not any(Path(cfg.paths.output_dir).glob("*")), "nothing written"
+
+
+def saved_run(make_config) -> Path:
+    """A trained run's last checkpoint, beside the config Hydra would have written."""
+    cfg = make_config(["trainer.max_epochs=1", "test=false"])
+    run(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    (ckpt.parent.parent / ".hydra").mkdir()
+    (ckpt.parent.parent / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return ckpt
+
+
+@requires_fashion
+def test_eval_of_the_validation_split_and_a_model_without_dropout(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    ckpt = saved_run(make_config)
+    metrics = evaluate_checkpoint(ckpt, tmp_path / "val", split="val")
+    assert "val/acc" in metrics and "step" not in metrics, "training's x-axis is no metric"
+
+    def lightning_pass(*args: object) -> None:
+        raise AssertionError("Lightning's pass ran before the check")
+
+    monkeypatch.setattr("dnnlab.evaluation.lightning_metrics", lightning_pass)
+    with pytest.raises(ConfigError, match=r"mc_dropout.samples=4 needs dropout layers"):
+        evaluate_checkpoint(ckpt, tmp_path / "mc", mc_samples=4)
 
 
 @requires_fashion

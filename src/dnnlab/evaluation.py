@@ -207,7 +207,7 @@ def lightning_metrics(model: nn.Module, datamodule: IdxDataModule, stage: str) -
         enable_progress_bar=False,
     )
     results = getattr(trainer, stage)(model, datamodule=datamodule, verbose=False)[0]
-    return {k: float(v) for k, v in results.items()}
+    return {k: float(v) for k, v in results.items() if k != "step"}  # step: training's x-axis
 
 
 def evaluate_checkpoint(
@@ -231,6 +231,8 @@ def evaluate_checkpoint(
     ckpt, out = Path(ckpt_path), Path(out_dir)
     datamodule = build_datamodule(saved_run_config(ckpt, out))
     model = Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    if mc_samples:
+        require_dropout(model, mc_samples)  # before Lightning's pass over the split
     metrics = lightning_metrics(model, datamodule, stage)
     metrics.update(evaluate_split(model, datamodule, split, out, mc_samples, seed))
     write_evaluation(out, {"ckpt_path": str(ckpt), "split": split, **metrics})

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dnnlab.building import build
-from dnnlab.evaluation import evaluate_split, write_evaluation
+from dnnlab.evaluation import evaluate_split, require_dropout, write_evaluation
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
 from dnnlab.resume import resolve_ckpt_path
@@ -105,6 +105,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
+    samples = cfg.get("mc_dropout", {}).get("samples", 0) if cfg.get("test") else 0
+    if samples:
+        require_dropout(model, samples)  # now, not after the whole training
     trainer = build_trainer(cfg, [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"))])
     if cfg.get("tune") and cfg.tune.lr_find:
         suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
@@ -121,7 +124,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             log.warning("no best checkpoint was saved; testing the final weights")
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-        samples = cfg.get("mc_dropout", {}).get("samples", 0)
         if samples:
             metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
     metrics.pop("step", None)
@@ -175,6 +177,8 @@ def evaluate_test_split(
 
     ``predictions.csv`` and ``evaluation.json`` go into the run folder, the metrics to the loggers.
     """
+    if not trainer.is_global_zero:  # every DDP process holds the whole test set: one writes
+        return {}
     out = Path(cfg.paths.output_dir)
     samples, seed = cfg.mc_dropout.samples, cfg.mc_dropout.seed
     metrics = evaluate_split(model, datamodule, "test", out, samples, seed)
