@@ -39,6 +39,7 @@ from dnnlab.ranges import (
     check_number,
     interval,
     non_negative,
+    or_null,
     positive,
     positive_int,
 )
@@ -68,7 +69,7 @@ RULES: dict[str, Rule] = {
     "cooldown": at_least("a cooldown in epochs", 0),
     "min_lr": non_negative("a minimum learning rate"),
     "max_lr": LEARNING_RATE,
-    "total_steps": positive_int("a run length in scheduler steps"),
+    "total_steps": or_null(positive_int("a run length in scheduler steps"), "the whole run"),
     "warmup_fraction": interval("a warm-up fraction of the run", 0, 0.5, "()"),
     "div_factor": DIVISOR,
     "final_div_factor": DIVISOR,
