@@ -17,7 +17,6 @@ from dnnlab.errors import ConfigError
 from dnnlab.models import blocks, initializers, mlp
 from dnnlab.ranges import (
     Rule,
-    at_least,
     check_number,
     fraction,
     integers,
@@ -38,7 +37,7 @@ RULES = [
     (interval("a fraction", 0, 0.5, "()"), [0.25], [0, 0.5], "a fraction in (0, 0.5)"),
     (interval("a value", 0, 1, "(]"), [1], [0], "a value in (0, 1]"),
     (positive_int("a size"), [1, np.int64(7)], [0, 2.5, 2.0], "a size, an integer >= 1"),
-    (at_least("a count", 0), [0, 3], [-1, 0.5], "a count, an integer >= 0"),
+    (integers("a count", 0), [0, 3], [-1, 0.5], "a count, an integer >= 0"),
     (integers("a layer count", 1, 3), [1, 3], [0, 4], "a layer count, an integer in [1, 3]"),
     (or_null(positive("a radius"), "off"), [None, 1], [0], "a radius > 0, or null (off)"),
 ]

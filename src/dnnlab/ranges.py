@@ -67,10 +67,6 @@ def integers(what: str, low: int, high: int | None = None) -> Rule:
     return _rule(what, lambda v: low <= v <= high, f"in [{low}, {high}]", integer=True)
 
 
-def at_least(what: str, n: int) -> Rule:
-    return integers(what, n)
-
-
 def positive_int(what: str) -> Rule:
     return integers(what, 1)
 

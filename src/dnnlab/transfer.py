@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from dnnlab.errors import ConfigError, lookup
-from dnnlab.ranges import LEARNING_RATE, Rule, at_least, check_all, check_number, integers, or_null
+from dnnlab.ranges import LEARNING_RATE, Rule, check_all, check_number, integers, or_null
 
 FROZEN_BN_MODES = {
     "inference": "frozen BN layers use their running statistics and never update them (Keras)",
@@ -39,7 +39,7 @@ def layer_count(hidden: int | None = None) -> Rule:
 # reused_modules.
 RULES: dict[str, Rule] = {
     "layers": layer_count(),
-    "freeze_epochs": at_least("a number of frozen epochs", 0),
+    "freeze_epochs": integers("a number of frozen epochs", 0),
     "unfreeze_lr": or_null(LEARNING_RATE, "the optimizer's"),
 }
 
