@@ -18,13 +18,12 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
-from dnnlab.errors import ConfigError
+from dnnlab.data import IdxDataModule, build_datamodule
+from dnnlab.errors import ConfigError, lookup
 from dnnlab.ranges import check_number, integers
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
-
-    from dnnlab.data.datamodule import IdxDataModule
 
 PASSES = integers("a number of passes", 1)  # mc_dropout_proba's
 SAMPLES = integers("a number of MC dropout passes (0: off)", 0)  # the mc_dropout.samples setting
@@ -223,9 +222,7 @@ def evaluate_checkpoint(
     metrics, then :func:`evaluate_split`'s; ``evaluation.json`` holds them after the checkpoint
     and the split.
     """
-    from dnnlab.errors import lookup
     from dnnlab.module import Classifier
-    from dnnlab.training import build_datamodule  # not at the top: training imports this module
 
     stage = lookup({"test": "test", "val": "validate"}, "split", split)
     ckpt, out = Path(ckpt_path), Path(out_dir)

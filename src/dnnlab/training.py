@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dnnlab.building import build
+from dnnlab.data import build_datamodule
 from dnnlab.evaluation import evaluate_split, require_dropout, write_evaluation
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
@@ -48,10 +49,6 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
 def build_loggers(cfg: DictConfig) -> list[Any]:
     nodes = cfg.get("logger") or {}
     return [build(node, f"logger.{name}") for name, node in nodes.items() if node]
-
-
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    return build(cfg.data, "data")
 
 
 def compile_forward(net: nn.Module) -> None:
