@@ -55,10 +55,9 @@ def compile_forward(net: nn.Module) -> None:
     """``torch.compile`` the network's ``forward``; the module, and so its state_dict keys and
     the checkpoints, stay plain.
 
-    Not ``net.compile()``: compiling ``__call__`` in place makes every call check the hooks of
-    every submodule, which on the 100-layer net costs about what the compiled kernels save on a
-    CPU. The compiled forward does not see hooks added later; the gradient diagnostics run their
-    sampled pass eagerly for that.
+    Not ``net.compile()``: on torch 2.13 compiling ``__call__`` in place traced nothing here (no
+    frame compiled, results bit-identical to eager). The compiled forward does not see hooks
+    added later; the gradient diagnostics run their sampled pass eagerly for that.
     """
     net.forward = torch.compile(net.forward)
 
