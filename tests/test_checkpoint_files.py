@@ -1,0 +1,55 @@
+"""A checkpoint a user names is checked before use: damage is one line naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnnlab.checkpoint_files import read_checkpoint
+from dnnlab.errors import ConfigError
+
+
+def damaged(tmp_path: Path, how: str) -> Path:
+    path = tmp_path / f"{how}.ckpt"
+    torch.save({"state_dict": {"w": torch.arange(20000.0)}, "epoch": 1}, path)
+    raw = bytearray(path.read_bytes())
+    if how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "flipped":  # inside the tensor's bytes: torch.load alone would load it
+        raw[len(raw) // 2] ^= 0xFF
+    elif how == "text":
+        raw = bytearray(b"not a checkpoint\n")
+    path.write_bytes(bytes(raw))
+    if how == "no_state_dict":
+        torch.save({"epoch": 1}, path)
+    return path
+
+
+def test_an_intact_checkpoint_loads(tmp_path: Path) -> None:
+    checkpoint = read_checkpoint(damaged(tmp_path, "intact"), "ckpt_path")
+    assert torch.equal(checkpoint["state_dict"]["w"], torch.arange(20000.0))
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("truncated", r"not a checkpoint \(not a torch.save archive"),
+        ("text", r"not a checkpoint \(not a torch.save archive"),
+        ("flipped", r"a damaged checkpoint \(its member .* fails its CRC-32 check\)"),
+        ("no_state_dict", r"not a Lightning checkpoint \(no state_dict inside\)"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_line_naming_the_key(
+    tmp_path: Path, how: str, message: str
+) -> None:
+    path = damaged(tmp_path, how)
+    with pytest.raises(ConfigError, match=rf"^transfer.ckpt_path='{path}': {message}") as err:
+        read_checkpoint(path, "transfer.ckpt_path")
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ckpt_path='.*nowhere.ckpt': no such checkpoint file"):
+        read_checkpoint(tmp_path / "nowhere.ckpt", "ckpt_path")
