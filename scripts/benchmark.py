@@ -19,9 +19,9 @@ default workload records each epoch's steps/s and the process's resident memory,
 neither drifts.
 
     python scripts/benchmark.py [--repeats 5] [--workloads leaky_relu_mlp bn_mlp selu_100]
-                                [--keras-repeats 1] [--long-epochs 50] [--readme README.md]
+                                [--keras-repeats 1] [--long-epochs 50] [--doc docs/speed.md]
 
-``--readme`` writes the tables into README between ``<!-- benchmark:start -->`` and
+``--doc`` writes the tables into that page (docs/speed.md) between ``<!-- benchmark:start -->`` and
 ``<!-- benchmark:end -->``.
 """
 
@@ -318,7 +318,7 @@ def long_run(epochs: int) -> list[str]:
 
 def header(args: argparse.Namespace) -> list[str]:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    command = " ".join(a for a in sys.argv[1:] if a != "--readme" and a != str(args.readme))
+    command = " ".join(a for a in sys.argv[1:] if a != "--doc" and a != str(args.doc))
     return [
         f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}; "
@@ -327,13 +327,13 @@ def header(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def write_readme(readme: Path, lines: list[str]) -> None:
-    text = readme.read_text()
+def write_doc(page: Path, lines: list[str]) -> None:
+    text = page.read_text()
     if START not in text or END not in text:
-        raise SystemExit(f"error: {readme} has no {START} ... {END} section to replace")
+        raise SystemExit(f"error: {page} has no {START} ... {END} section to replace")
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
-    readme.write_text(before + START + "\n" + "\n".join(lines) + "\n" + END + after)
+    page.write_text(before + START + "\n" + "\n".join(lines) + "\n" + END + after)
 
 
 def main() -> None:
@@ -345,7 +345,7 @@ def main() -> None:
         "--keras-repeats", type=int, default=1, help="Keras epochs per workload (0: skip Keras)"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    parser.add_argument("--readme", type=Path, default=None, help="write the tables into it")
+    parser.add_argument("--doc", type=Path, default=None, help="write the tables into this page")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -364,8 +364,8 @@ def main() -> None:
         lines += ["- Keras fit: not measured (Keras is not installed; `pip install keras`)"]
     lines += long_lines
     print("\n".join(lines))
-    if args.readme:
-        write_readme(args.readme, lines)
+    if args.doc:
+        write_doc(args.doc, lines)
 
 
 if __name__ == "__main__":
