@@ -107,10 +107,13 @@ class FreezeReusedLayers(BaseFinetuning):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
-        # Lightning puts the whole model back in train mode each epoch and after validation.
-        if self.frozen_bn == "inference" and trainer.current_epoch < self.freeze_epochs:
+        # Set on every block, both ways: Lightning 2.6 hands each submodule back the mode it had
+        # before validation, so a layer put in eval mode here would stay there once unfrozen
+        # (Keras trains BN again, batch statistics and moving averages, once it is trainable).
+        if self.frozen_bn == "inference":
+            frozen = trainer.current_epoch < self.freeze_epochs
             for bn in self._frozen_bn_layers(pl_module):
-                bn.eval()
+                bn.train(not frozen)
 
     def finetune_function(
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
