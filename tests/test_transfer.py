@@ -227,3 +227,107 @@ def test_max_norm_leaves_frozen_layers_unchanged(tmp_path: Path, make_config) ->
     frozen, unfrozen = weights.first_layer
     assert torch.equal(frozen, reused), "bit-identical while frozen"
     assert unfrozen.norm(dim=1).max() <= 1.0 + 1e-5, "constrained once trainable"
+
+
+class GroupRates(L.Callback):
+    """The learning rate and momentum of every param group at each optimizer step."""
+
+    def __init__(self) -> None:
+        self.rates: list[list[float]] = []
+        self.momenta: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, opt):
+        self.rates.append([group["lr"] for group in opt.param_groups])
+        self.momenta.append([group["momentum"] for group in opt.param_groups])
+
+
+# Settings that make each schedule move within the 3 unfrozen epochs (12 optimizer steps).
+UNFREEZE_SCHEDULES = {
+    "none": [],
+    "power": ["scheduler.schedule.s=2"],
+    "exponential": ["scheduler.schedule.s=1", "scheduler.schedule.decay_rate=0.5"],
+    "piecewise": [
+        "scheduler.interval=step",
+        "scheduler.schedule.boundaries=[6,10]",
+        "scheduler.schedule.values=[0.02,0.01,0.004]",
+    ],
+    "performance": ["scheduler.schedule.patience=1", "scheduler.schedule.threshold=0.5"],
+    "onecycle": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("schedule", "unfreeze_lr"),
+    [*((name, 0.003) for name in UNFREEZE_SCHEDULES), ("power", None), ("onecycle", None)],
+)
+def test_every_schedule_carries_the_unfrozen_layers(
+    schedule: str, unfreeze_lr: float | None, tmp_path: Path, make_config
+) -> None:
+    """The unfrozen layers join the optimizer as a group of their own: at ``unfreeze_lr`` (null:
+    the other group's LR) when they join, then scaled by the schedule as the other group is."""
+    task = tiny_task(tmp_path / "data")
+    ckpt = source_checkpoint(make_config, task)
+    target = [
+        *task,
+        "optimizer=momentum",
+        "optimizer.lr=0.01",
+        "trainer.max_epochs=4",
+        f"transfer.ckpt_path={ckpt}",
+        "transfer.freeze_epochs=1",
+        f"transfer.unfreeze_lr={'null' if unfreeze_lr is None else unfreeze_lr}",
+        f"scheduler={schedule}",
+        *UNFREEZE_SCHEDULES[schedule],
+    ]
+    recorder = GroupRates()
+    cfg = make_config(target, run="target")
+    run(cfg, extra_callbacks=[recorder])
+    frozen = [rates for rates in recorder.rates if len(rates) == 1]
+    unfrozen = [rates for rates in recorder.rates if len(rates) == 2]
+    assert len(frozen) == 4 and len(unfrozen) == 12
+    first, added = zip(*unfrozen, strict=True)
+    assert added[0] == pytest.approx(unfreeze_lr or first[0], rel=1e-9)
+    ratio = added[0] / first[0]
+    assert list(added) == pytest.approx([lr * ratio for lr in first], rel=1e-9)
+    if schedule != "none":
+        assert len(set(first)) > 1, "the schedule moved while both groups trained"
+    assert all(m[1] == m[0] for m in recorder.momenta if len(m) == 2), "1cycle's momentum too"
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert len(torch.load(last, weights_only=True)["lr_schedulers"]) == (schedule != "none")
+
+
+class StopAfterSecondEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.should_stop = trainer.current_epoch == 1
+
+
+def test_a_run_resumed_after_the_unfreeze_goes_on_as_if_never_stopped(
+    tmp_path: Path, make_config
+) -> None:
+    """The unfrozen group comes back from the checkpoint: its layers train and its schedule
+    state (LambdaLR's per-group list here) loads, step for step as in one run."""
+    task = tiny_task(tmp_path / "data")
+    ckpt = source_checkpoint(make_config, task)
+    target = [
+        *task,
+        "optimizer=momentum",
+        "trainer.max_epochs=4",
+        f"transfer.ckpt_path={ckpt}",
+        "transfer.freeze_epochs=1",
+        "transfer.unfreeze_lr=0.003",
+        "callbacks.model_checkpoint.monitor=null",  # last.ckpt at every epoch end
+        "scheduler=power",
+        *UNFREEZE_SCHEDULES["power"],
+    ]
+    whole = GroupRates()
+    run(make_config(target, run="whole"), extra_callbacks=[whole])
+    cfg = make_config(target, run="stopped")
+    run(cfg, extra_callbacks=[StopAfterSecondEpoch()])
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    stopped = torch.load(last, weights_only=True)["state_dict"]["net.1.weight"]
+    resumed, weights = GroupRates(), WeightsPerEpoch()
+    run(
+        make_config([*target, f"ckpt_path={last}"], run="resumed"),
+        extra_callbacks=[resumed, weights],
+    )
+    assert resumed.rates == whole.rates[8:]
+    assert not torch.equal(weights.first_layer[-1], stopped), "the reused layers still train"
