@@ -73,10 +73,10 @@ def test_max_norm_rescales_only_the_rows_above_the_limit() -> None:
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[3.0, 4.0, 0.0], [0.3, 0.4, 0.0]]))  # norms 5 and 0.5
         layer.bias.copy_(torch.tensor([1.0, 0.0]))
-    Regularization(max_norm=1.0).constrain([layer])
+    Regularization(max_norm=1.0).constrain([layer, nn.Linear(2, 1)])  # then the head
     assert torch.allclose(layer.weight, torch.tensor([[0.6, 0.8, 0.0], [0.3, 0.4, 0.0]]), atol=1e-6)
     assert torch.equal(layer.bias, torch.tensor([1.0, 0.0])), "biases untouched by default"
-    Regularization(max_norm=0.5, max_norm_biases=True).constrain([layer])
+    Regularization(max_norm=0.5, max_norm_biases=True, max_norm_head=True).constrain([layer])
     joint = torch.cat([layer.weight, layer.bias[:, None]], dim=1).norm(dim=1)
     assert torch.allclose(joint, torch.tensor([0.5, 0.5]), atol=1e-6), "bias in the unit's vector"
 
@@ -85,8 +85,34 @@ def test_max_norm_outgoing_bounds_each_column() -> None:
     layer = nn.Linear(3, 2)
     with torch.no_grad():
         layer.weight.fill_(2.0)
-    Regularization(max_norm=1.0, max_norm_axis="outgoing").constrain([layer])
+    Regularization(max_norm=1.0, max_norm_axis="outgoing", max_norm_head=True).constrain([layer])
     assert torch.allclose(layer.weight.norm(dim=0), torch.ones(3), atol=1e-6)
+
+
+def test_max_norm_leaves_the_output_layer_alone_unless_asked() -> None:
+    """The book's model: MaxNormDense(300), MaxNormDense(100), then a plain Dense(10) head."""
+    hidden, head = nn.Linear(3, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        hidden.weight.fill_(2.0)
+        head.weight.fill_(2.0)
+    Regularization(max_norm=1.0).constrain([hidden, head])
+    assert torch.allclose(hidden.weight.norm(dim=1), torch.ones(2), atol=1e-6)
+    assert torch.equal(head.weight, torch.full((2, 2), 2.0)), "the head is not constrained"
+    Regularization(max_norm=1.0, max_norm_head=True).constrain([hidden, head])
+    assert torch.allclose(head.weight.norm(dim=1), torch.ones(2), atol=1e-6)
+
+
+def test_max_norm_leaves_frozen_kernels_unchanged() -> None:
+    """Keras constrains only the variables the optimizer just updated: frozen ones stay."""
+    frozen, trained, head = nn.Linear(3, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        for layer in (frozen, trained):
+            layer.weight.fill_(2.0)
+            layer.bias.fill_(0.0)
+    frozen.requires_grad_(False)
+    Regularization(max_norm=1.0, max_norm_biases=True).constrain([frozen, trained, head])
+    assert torch.equal(frozen.weight, torch.full((2, 3), 2.0))
+    assert torch.allclose(trained.weight.norm(dim=1), torch.ones(2), atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +134,11 @@ def test_max_norm_outgoing_bounds_each_column() -> None:
             Regularization,
             {"max_norm": 1, "max_norm_axis": "outgoing", "max_norm_biases": True},
             r"max_norm_biases=true needs regularization.max_norm_axis=incoming",
+        ),
+        (
+            Regularization,
+            {"max_norm": 1, "max_norm_head": "no"},
+            r"regularization.max_norm_head='no' must be true or false",
         ),
         (GradientClipping, {"kind": "l2"}, r"clipping.kind='l2' is not valid; choose one of: cli"),
         (
@@ -147,10 +178,12 @@ def test_l2_shrinks_the_weights_and_its_penalty_is_logged(make_config) -> None:
 
 @pytest.mark.slow
 @requires_fashion
-def test_max_norm_bounds_every_units_weights_after_training(make_config) -> None:
+def test_max_norm_bounds_every_hidden_units_weights_after_training(make_config) -> None:
     recorder = short_run(make_config, "regularization=max_norm", "regularization.max_norm=0.5")
-    for weight in kernels(recorder.module):
+    *hidden, head = kernels(recorder.module)
+    for weight in hidden:
         assert weight.norm(dim=1).max().item() <= 0.5 + 1e-5
+    assert head.norm(dim=1).max().item() > 0.5, "the output layer is a plain Dense (the book)"
     # without the constraint He-initialized rows start near sqrt(2) and stay far above 0.5
     free = short_run(make_config, "regularization=none", run_name="free")
     assert kernels(free.module)[0].norm(dim=1).max().item() > 1.0

@@ -12,7 +12,7 @@ import torch
 
 from dnnlab.config import CONFIG_DIR, compose_config
 from dnnlab.errors import ConfigError
-from dnnlab.schedules import PowerDecay, build_schedule, exponential
+from dnnlab.schedules import PowerDecay, build_schedule, exponential, join_schedule
 from dnnlab.training import plain
 from dnnlab.validation import check_ranges
 
@@ -235,3 +235,39 @@ def test_one_cycle_without_momentum_says_how_to_switch_cycling_off() -> None:
     adagrad = torch.optim.Adagrad([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
     with pytest.raises(ConfigError, match="cycle_momentum=false"):
         build_schedule(scheduler_node("onecycle"), adagrad, TRAINER)
+
+
+def momentum_of(group: dict) -> float:
+    return group.get("momentum", group.get("betas", (None,))[0])
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_a_group_added_later_follows_the_schedule_at_its_own_scale(name: str) -> None:
+    """Unfrozen layers join as a new param group: the schedule scales it as it scales the first,
+    from the LR it joins with, and its state (per-group lists included) stays primitive."""
+    settings = ["scheduler.schedule.patience=1", "scheduler.schedule.threshold=0.5"]
+    node = scheduler_node(name, *(settings if name == "performance" else []))
+    opt = optimizer()
+    schedule = build_schedule(node, opt, TRAINER)
+
+    def step() -> None:
+        opt.step()
+        schedule.step(1.0) if name == "performance" else schedule.step()
+
+    for _ in range(3):
+        step()
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.03})
+    join_schedule(schedule, opt.param_groups[-1])
+    ratio = 0.03 / opt.param_groups[0]["lr"]
+    first, added = [], []
+    for _ in range(10 if name == "performance" else 600):  # 1cycle: past its peak at 450
+        step()
+        first.append(opt.param_groups[0]["lr"])
+        added.append(opt.param_groups[1]["lr"])
+        assert momentum_of(opt.param_groups[1]) == momentum_of(opt.param_groups[0])
+    assert added == pytest.approx([lr * ratio for lr in first], rel=1e-9)
+    assert len(set(first)) > 1, "the schedule moved after the group joined"
+    buffer = io.BytesIO()
+    torch.save(schedule.state_dict(), buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from torch import nn
 
-from conftest import requires_fashion
+from conftest import requires_fashion, write_idx_dataset
 from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
@@ -17,11 +18,11 @@ from dnnlab.training import run
 from dnnlab.transfer import FreezeReusedLayers, load_lower_layers
 from dnnlab.validation import check_ranges
 
-pytestmark = requires_fashion
 TASK_A = ["data.classes=[1,3,4,5,6,7,8,9]", "model.hidden=[100,100,100]", "test=false"]
 TASK_B = ["data.classes=[0,2]", "data.train_size=200", "model.hidden=[100,100,100]"]
 
 
+@requires_fashion
 def test_class_subsets_relabel_in_listed_order(tmp_path: Path) -> None:
     dm = IdxDataModule(
         root=str(tmp_path),
@@ -47,6 +48,7 @@ class WeightsPerEpoch(L.Callback):
         self.first_layer.append(pl_module.net[1].weight.detach().clone())
 
 
+@requires_fashion
 def test_frozen_layers_keep_their_weights_then_train(make_config) -> None:
     source = make_config([*TASK_A, "trainer.max_epochs=1"], run="a")
     run(source)
@@ -71,6 +73,7 @@ def test_frozen_layers_keep_their_weights_then_train(make_config) -> None:
     assert metrics["test/acc"] > 0.5
 
 
+@requires_fashion
 def test_source_with_another_head_loads_and_mismatch_is_one_line(make_config) -> None:
     source = make_config(
         [*TASK_A, "trainer.max_epochs=1", "trainer.limit_train_batches=1"], run="a"
@@ -135,3 +138,196 @@ def test_bad_transfer_settings_stop_every_run_even_without_freezing(
         check_ranges(make_config([*freeze, *overrides]))
     with pytest.raises(ConfigError, match=re.escape(message)):
         run(make_config([*freeze, *overrides]))  # before any data is read or step is taken
+
+
+# ------------------------------------------------- through the unfreeze, on a tiny random set
+def tiny_task(folder: Path) -> list[str]:
+    """A random MNIST-layout set of 64 training images: 4 optimizer steps of 16 an epoch."""
+    write_idx_dataset(folder, n_train=84, n_test=10)
+    return [
+        "data=mnist",
+        f"data.root={folder}",
+        "data.search_dirs=[]",
+        "data.verify=false",
+        "data.val_size=20",
+        "data.batch_size=16",
+        "data.eval_batch_size=20",
+        "data.steps_per_block=1",
+        "trainer.limit_train_batches=null",
+        "callbacks.gradient_diagnostics=null",
+        "callbacks.step_checkpoint=null",
+        "logger=none",
+        "test=false",
+        "model.hidden=[16,16]",
+    ]
+
+
+def source_checkpoint(make_config, task: list[str], *overrides: str) -> Path:
+    """One epoch of a source run on ``task``; its last checkpoint."""
+    source = make_config([*task, "trainer.max_epochs=1", *overrides], run="source")
+    run(source)
+    return Path(source.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
+class ReusedBatchNorm(L.Callback):
+    """After each training step: the epoch, whether the BN layers normalized in training mode,
+    and their running means."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, list[bool], list[torch.Tensor]]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *_) -> None:
+        layers = [m for m in pl_module.net if isinstance(m, nn.BatchNorm1d)]
+        means = [m.running_mean.clone() for m in layers]
+        self.seen.append((trainer.current_epoch, [m.training for m in layers], means))
+
+
+def test_reused_batch_norm_trains_again_once_unfrozen(tmp_path: Path, make_config) -> None:
+    """Keras: a frozen BN layer runs in inference mode; once trainable it uses batch statistics
+    and updates its moving averages again, also after the validation between the epochs."""
+    task = [*tiny_task(tmp_path / "data"), "model.batch_norm=before"]
+    ckpt = source_checkpoint(make_config, task)
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    source_means = [state["net.2.running_mean"], state["net.5.running_mean"]]
+    target = [
+        *task,
+        "trainer.max_epochs=2",
+        f"transfer.ckpt_path={ckpt}",
+        "transfer.freeze_epochs=1",
+    ]
+    recorder = ReusedBatchNorm()
+    run(make_config(target, run="target"), extra_callbacks=[recorder])
+    frozen = [seen for seen in recorder.seen if seen[0] == 0]
+    unfrozen = [seen for seen in recorder.seen if seen[0] == 1]
+    assert len(frozen) == len(unfrozen) == 4
+    for _, training, means in frozen:
+        assert training == [False, False]
+        assert all(torch.equal(m, s) for m, s in zip(means, source_means, strict=True))
+    for _, training, _ in unfrozen:
+        assert training == [True, True], "batch statistics once unfrozen"
+    last = unfrozen[-1][2]
+    assert not any(torch.equal(m, s) for m, s in zip(last, source_means, strict=True))
+
+
+def test_max_norm_leaves_frozen_layers_unchanged(tmp_path: Path, make_config) -> None:
+    """Frozen means unchanged: the constraint acts on what the optimizer updated (Keras)."""
+    task = tiny_task(tmp_path / "data")
+    ckpt = source_checkpoint(make_config, task)
+    reused = torch.load(ckpt, weights_only=True)["state_dict"]["net.1.weight"]
+    assert reused.norm(dim=1).max() > 1.0, "He init: rows above the radius"
+    target = [
+        *task,
+        "trainer.max_epochs=2",
+        f"transfer.ckpt_path={ckpt}",
+        "transfer.freeze_epochs=1",
+        "regularization=max_norm",
+    ]
+    weights = WeightsPerEpoch()
+    run(make_config(target, run="target"), extra_callbacks=[weights])
+    frozen, unfrozen = weights.first_layer
+    assert torch.equal(frozen, reused), "bit-identical while frozen"
+    assert unfrozen.norm(dim=1).max() <= 1.0 + 1e-5, "constrained once trainable"
+
+
+class GroupRates(L.Callback):
+    """The learning rate and momentum of every param group at each optimizer step."""
+
+    def __init__(self) -> None:
+        self.rates: list[list[float]] = []
+        self.momenta: list[list[float]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, opt):
+        self.rates.append([group["lr"] for group in opt.param_groups])
+        self.momenta.append([group["momentum"] for group in opt.param_groups])
+
+
+# Settings that make each schedule move within the 3 unfrozen epochs (12 optimizer steps).
+UNFREEZE_SCHEDULES = {
+    "none": [],
+    "power": ["scheduler.schedule.s=2"],
+    "exponential": ["scheduler.schedule.s=1", "scheduler.schedule.decay_rate=0.5"],
+    "piecewise": [
+        "scheduler.interval=step",
+        "scheduler.schedule.boundaries=[6,10]",
+        "scheduler.schedule.values=[0.02,0.01,0.004]",
+    ],
+    "performance": ["scheduler.schedule.patience=1", "scheduler.schedule.threshold=0.5"],
+    "onecycle": [],
+}
+
+
+@pytest.mark.parametrize(
+    ("schedule", "unfreeze_lr"),
+    [*((name, 0.003) for name in UNFREEZE_SCHEDULES), ("power", None), ("onecycle", None)],
+)
+def test_every_schedule_carries_the_unfrozen_layers(
+    schedule: str, unfreeze_lr: float | None, tmp_path: Path, make_config
+) -> None:
+    """The unfrozen layers join the optimizer as a group of their own: at ``unfreeze_lr`` (null:
+    the other group's LR) when they join, then scaled by the schedule as the other group is."""
+    task = tiny_task(tmp_path / "data")
+    ckpt = source_checkpoint(make_config, task)
+    target = [
+        *task,
+        "optimizer=momentum",
+        "optimizer.lr=0.01",
+        "trainer.max_epochs=4",
+        f"transfer.ckpt_path={ckpt}",
+        "transfer.freeze_epochs=1",
+        f"transfer.unfreeze_lr={'null' if unfreeze_lr is None else unfreeze_lr}",
+        f"scheduler={schedule}",
+        *UNFREEZE_SCHEDULES[schedule],
+    ]
+    recorder = GroupRates()
+    cfg = make_config(target, run="target")
+    run(cfg, extra_callbacks=[recorder])
+    frozen = [rates for rates in recorder.rates if len(rates) == 1]
+    unfrozen = [rates for rates in recorder.rates if len(rates) == 2]
+    assert len(frozen) == 4 and len(unfrozen) == 12
+    first, added = zip(*unfrozen, strict=True)
+    assert added[0] == pytest.approx(unfreeze_lr or first[0], rel=1e-9)
+    ratio = added[0] / first[0]
+    assert list(added) == pytest.approx([lr * ratio for lr in first], rel=1e-9)
+    if schedule != "none":
+        assert len(set(first)) > 1, "the schedule moved while both groups trained"
+    assert all(m[1] == m[0] for m in recorder.momenta if len(m) == 2), "1cycle's momentum too"
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert len(torch.load(last, weights_only=True)["lr_schedulers"]) == (schedule != "none")
+
+
+class StopAfterSecondEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.should_stop = trainer.current_epoch == 1
+
+
+def test_a_run_resumed_after_the_unfreeze_goes_on_as_if_never_stopped(
+    tmp_path: Path, make_config
+) -> None:
+    """The unfrozen group comes back from the checkpoint: its layers train and its schedule
+    state (LambdaLR's per-group list here) loads, step for step as in one run."""
+    task = tiny_task(tmp_path / "data")
+    ckpt = source_checkpoint(make_config, task)
+    target = [
+        *task,
+        "optimizer=momentum",
+        "trainer.max_epochs=4",
+        f"transfer.ckpt_path={ckpt}",
+        "transfer.freeze_epochs=1",
+        "transfer.unfreeze_lr=0.003",
+        "callbacks.model_checkpoint.monitor=null",  # last.ckpt at every epoch end
+        "scheduler=power",
+        *UNFREEZE_SCHEDULES["power"],
+    ]
+    whole = GroupRates()
+    run(make_config(target, run="whole"), extra_callbacks=[whole])
+    cfg = make_config(target, run="stopped")
+    run(cfg, extra_callbacks=[StopAfterSecondEpoch()])
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    stopped = torch.load(last, weights_only=True)["state_dict"]["net.1.weight"]
+    resumed, weights = GroupRates(), WeightsPerEpoch()
+    run(
+        make_config([*target, f"ckpt_path={last}"], run="resumed"),
+        extra_callbacks=[resumed, weights],
+    )
+    assert resumed.rates == whole.rates[8:]
+    assert not torch.equal(weights.first_layer[-1], stopped), "the reused layers still train"

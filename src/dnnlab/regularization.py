@@ -1,7 +1,10 @@
 """Weight penalties added to the loss, and the max-norm constraint applied after each step.
 
 Both act on the kernels of the Dense layers (``nn.Linear`` weights), as Keras'
-``kernel_regularizer`` / ``kernel_constraint`` on every Dense layer in the book.
+``kernel_regularizer`` / ``kernel_constraint``: the penalties on every Dense layer as in the
+book; max-norm on the hidden ones only (the book's output layer is a plain ``Dense``), and only
+on kernels the optimizer updates (Keras applies a constraint after the update of its variable,
+so frozen layers stay exactly as they are).
 """
 
 from __future__ import annotations
@@ -34,9 +37,15 @@ class Regularization:
     max_norm: float | None = None
     max_norm_axis: str = "incoming"
     max_norm_biases: bool = False
+    max_norm_head: bool = False
 
     def __post_init__(self) -> None:
         check_all("regularization", RULES, {name: getattr(self, name) for name in RULES})
+        for name in ("max_norm_biases", "max_norm_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"regularization.{name}={getattr(self, name)!r} must be true or false"
+                )
         if self.max_norm_axis not in MAX_NORM_AXES:
             raise invalid_choice("regularization.max_norm_axis", self.max_norm_axis, MAX_NORM_AXES)
         if self.max_norm_biases and self.max_norm_axis != "incoming":
@@ -67,10 +76,16 @@ class Regularization:
 
     @torch.no_grad()
     def constrain(self, layers: list[nn.Linear]) -> None:
-        """Rescale each weight vector whose L2 norm exceeds ``max_norm`` down to it."""
+        """Rescale each weight vector whose L2 norm exceeds ``max_norm`` down to it.
+
+        ``layers`` ends with the output layer, which only ``max_norm_head`` constrains; frozen
+        kernels (``requires_grad`` off) are left alone.
+        """
         if self.max_norm is None:
             return
-        for layer in layers:
+        for layer in layers if self.max_norm_head else layers[:-1]:
+            if not layer.weight.requires_grad:
+                continue
             if self.max_norm_axis == "outgoing":  # each input's weights to all units: a column
                 layer.weight.copy_(layer.weight.renorm(2, 1, self.max_norm))
             elif self.max_norm_biases and layer.bias is not None:

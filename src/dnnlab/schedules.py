@@ -133,11 +133,14 @@ class PiecewiseConstantLR(LRScheduler):
             )
         check_items(f"{KEY}.values", values, ITEM_RULES["values"])
         self.boundaries, self.values = boundaries, [float(v) for v in values]
+        # Per param group, the factor on the values: 1 for the optimizer's own groups; a group
+        # that joins later (unfrozen layers) keeps the ratio it joined with (join_schedule).
+        self.scales = [1.0 for _ in optimizer.param_groups]
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
         value = self.values[bisect.bisect_right(self.boundaries, self.last_epoch)]
-        return [value for _ in self.optimizer.param_groups]
+        return [value * scale for scale in self.scales]
 
 
 def performance(
@@ -223,6 +226,43 @@ def one_cycle(
         base_momentum=base_momentum,
         max_momentum=max_momentum,
     )
+
+
+# 1cycle's per-group learning rates (scaled for a group that joins) and momentum bounds (copied).
+ONE_CYCLE_RATES = ("initial_lr", "max_lr", "min_lr")
+ONE_CYCLE_MOMENTA = ("base_momentum", "max_momentum")
+
+
+def join_schedule(scheduler: LRScheduler, group: dict[str, Any]) -> None:
+    """Let ``group``, added to the scheduler's optimizer after the scheduler was built (the
+    unfrozen layers of transfer learning), follow the schedule from now on.
+
+    Its LR keeps the ratio to the first group's that it joins with: the schedule scales it as it
+    scales the others (torch's schedulers keep per-group lists and keys sized when they were
+    built, and fail or ignore the group otherwise). Momentum that 1cycle cycles is the first
+    group's. Everything added is a number, so the schedule's state stays primitive.
+    """
+    optimizer = scheduler.optimizer
+    first = optimizer.param_groups[0]
+    ratio = group["lr"] / first["lr"] if first["lr"] > 0 else 1.0
+    if isinstance(scheduler, OneCycleLR):
+        group.update({key: first[key] * ratio for key in ONE_CYCLE_RATES})
+        if scheduler.cycle_momentum:
+            group.update({key: first[key] for key in ONE_CYCLE_MOMENTA})
+            if scheduler.use_beta1:
+                group["betas"] = (first["betas"][0], *group["betas"][1:])
+            else:
+                group["momentum"] = first["momentum"]
+    if isinstance(scheduler, ReduceLROnPlateau):  # chainable: it scales each group's LR as is
+        scheduler.min_lrs.append(scheduler.min_lrs[0])  # a floor in learning rate, not a factor
+    else:
+        group.setdefault("initial_lr", first["initial_lr"] * ratio)
+        scheduler.base_lrs.append(scheduler.base_lrs[0] * ratio)
+    scheduler._last_lr.append(group["lr"])  # get_last_lr() until the next step
+    if isinstance(scheduler, LambdaLR):
+        scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+    if isinstance(scheduler, PiecewiseConstantLR):
+        scheduler.scales.append(scheduler.scales[0] * ratio)
 
 
 def optimizer_steps_per_epoch(trainer: Any) -> int:

@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 
 from dnnlab.errors import ConfigError, lookup
 from dnnlab.ranges import LEARNING_RATE, Rule, check_all, check_number, integers, or_null
+from dnnlab.schedules import join_schedule
 
 FROZEN_BN_MODES = {
     "inference": "frozen BN layers use their running statistics and never update them (Keras)",
@@ -107,17 +108,41 @@ class FreezeReusedLayers(BaseFinetuning):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
     ) -> None:
-        # Lightning puts the whole model back in train mode each epoch and after validation.
-        if self.frozen_bn == "inference" and trainer.current_epoch < self.freeze_epochs:
+        # Set on every block, both ways: Lightning 2.6 hands each submodule back the mode it had
+        # before validation, so a layer put in eval mode here would stay there once unfrozen
+        # (Keras trains BN again, batch statistics and moving averages, once it is trainable).
+        if self.frozen_bn == "inference":
+            frozen = trainer.current_epoch < self.freeze_epochs
             for bn in self._frozen_bn_layers(pl_module):
-                bn.eval()
+                bn.train(not frozen)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        built = [len(optimizer.param_groups) for optimizer in trainer.optimizers]
+        super().on_fit_start(trainer, pl_module)  # a resumed run gets back the unfrozen groups
+        for optimizer, count in zip(trainer.optimizers, built, strict=True):
+            if len(optimizer.param_groups) > count:  # resumed after the unfreeze
+                self.make_trainable(self._reused(pl_module))
+                # Sized here, filled when Lightning loads the schedule's state next.
+                join_schedules(trainer, optimizer, optimizer.param_groups[count:])
 
     def finetune_function(
         self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer
     ) -> None:
-        if epoch == self.freeze_epochs:
+        reused = self._reused(pl_module)
+        unfrozen = all(p.requires_grad for m in reused for p in m.parameters())
+        if epoch == self.freeze_epochs and not unfrozen:  # not again in a resumed epoch
             lr = self.unfreeze_lr or optimizer.param_groups[0]["lr"]
-            self.unfreeze_and_add_param_group(self._reused(pl_module), optimizer, lr=lr)
+            before = len(optimizer.param_groups)
+            self.unfreeze_and_add_param_group(reused, optimizer, lr=lr)
+            join_schedules(pl_module.trainer, optimizer, optimizer.param_groups[before:])
+
+
+def join_schedules(trainer: L.Trainer, optimizer: Optimizer, groups: list[dict[str, Any]]) -> None:
+    """The new param groups follow the optimizer's schedule, scaled from the LR they join with."""
+    for config in trainer.lr_scheduler_configs:
+        if config.scheduler.optimizer is optimizer:
+            for group in groups:
+                join_schedule(config.scheduler, group)
 
 
 def transfer_callbacks(transfer: Any) -> Iterable[L.Callback]:
