@@ -1,7 +1,8 @@
-"""A test-only callback that SIGKILLs its own process: an interruption no handler can soften.
+"""Test-only callbacks that SIGKILL their own process: an interruption no handler can soften.
 
 Injected from the command line: ``+callbacks.killer._target_=killer.KillAfterSteps
-+callbacks.killer.step=N`` with ``tests/`` on ``PYTHONPATH``.
++callbacks.killer.step=N`` (or ``killer.KillAtEpoch`` with ``+callbacks.killer.epoch=E``) with
+``tests/`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -29,3 +30,27 @@ class KillAfterSteps(Callback):
     ) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtEpoch(Callback):
+    """Kill the process at the start or the end of training epoch ``epoch`` (from 0).
+
+    ``at=end`` kills in ``on_train_epoch_end`` before the epoch-end checkpoint is written
+    (Lightning calls checkpoint callbacks after all others), as a kill during that write would;
+    ``at=start`` kills once it is written, as the next epoch begins.
+    """
+
+    def __init__(self, epoch: int, at: str = "end") -> None:
+        if at not in ("start", "end"):
+            raise ValueError(f"at={at!r}: start or end")
+        self.epoch, self.at = epoch, at
+
+    def _kill(self, trainer: L.Trainer, at: str) -> None:
+        if at == self.at and trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kill(trainer, "start")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kill(trainer, "end")

@@ -18,11 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from dnnlab.building import build
+from dnnlab.checkpointing import remove_stale_temporaries
 from dnnlab.data import build_datamodule
 from dnnlab.evaluation import evaluate_split, require_dropout, write_evaluation
 from dnnlab.lr_finder import tune_learning_rate
 from dnnlab.module import Classifier
-from dnnlab.resume import resolve_ckpt_path
+from dnnlab.resume import ResumeSettings, check_resume, resolve_ckpt_path, run_settings
 from dnnlab.summary import ParameterSummary
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
 from dnnlab.validation import check_ranges
@@ -93,18 +94,24 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     """Fit, then test the best checkpoint; returns the final metrics as plain floats.
 
     With ``tune.lr_find=true`` the LR range test runs first; without ``tune.use_for`` it only
-    reports its suggestion (the book: find the rate, then train with it).
+    reports its suggestion (the book: find the rate, then train with it). A resume
+    (``ckpt_path``) that would change the run is refused before any data is read.
     """
     started = time.perf_counter()
     check_ranges(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
+    plan = check_resume(cfg, ckpt_path, datamodule) if ckpt_path else None
+    if ckpt_path:  # what a writer killed mid-write left beside the checkpoint
+        remove_stale_temporaries(Path(ckpt_path).parent)
     model = build_model(cfg, datamodule)
     samples = cfg.get("mc_dropout", {}).get("samples", 0) if cfg.get("test") else 0
     if samples:
         require_dropout(model, samples)  # now, not after the whole training
-    trainer = build_trainer(cfg, [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"))])
+    settings = ResumeSettings(run_settings(cfg), plan)
+    callbacks = [*extra_callbacks, *transfer_callbacks(cfg.get("transfer")), settings]
+    trainer = build_trainer(cfg, callbacks)
     if cfg.get("tune") and cfg.tune.lr_find:
         suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
         if not cfg.tune.use_for:  # find only; the printed override trains with it
@@ -113,18 +120,39 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             return metrics
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    tested: dict[str, Any] = {}
     if cfg.get("test"):
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        if not best:
-            log.warning("no best checkpoint was saved; testing the final weights")
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
+        best = tested_checkpoint(trainer, ckpt_path)
+        tested = {"tested_checkpoint": best}  # null: the final weights
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if samples:
             metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
     metrics.pop("step", None)
-    write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+    write_summary(cfg, trainer, metrics, time.perf_counter() - started, tested)
     return metrics
+
+
+def tested_checkpoint(trainer: L.Trainer, resumed_from: str | None) -> str | None:
+    """The best checkpoint to test, or ``None`` for the final weights.
+
+    A resumed run keeps the best checkpoint of the run it continues; when that run's folder has
+    moved since, the file of that name beside the resumed checkpoint is the one, and when it is
+    gone too, the final weights are tested, with a warning, rather than failing after training.
+    """
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if not best:
+        log.warning("no best checkpoint was saved; testing the final weights")
+        return None
+    if Path(best).is_file():
+        return best
+    beside = Path(resumed_from).parent / Path(best).name if resumed_from else None
+    if beside is not None and beside.is_file():
+        log.warning("the best checkpoint %s has moved; testing %s", best, beside)
+        return str(beside)
+    log.warning("the best checkpoint %s no longer exists; testing the final weights", best)
+    return None
 
 
 def flat_hparams(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -141,11 +169,16 @@ def flat_hparams(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def write_summary(
-    cfg: DictConfig, trainer: L.Trainer, metrics: dict[str, float], seconds: float
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    metrics: dict[str, float],
+    seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """``metrics.json`` in the run folder (read by scripts/report.py) and TensorBoard's HParams.
 
-    The HParams entry is written once, at the end, with the run's real final metrics.
+    The HParams entry is written once, at the end, with the run's real final metrics. ``extra``
+    (which checkpoint was tested) goes into ``metrics.json`` beside them.
     """
     if not trainer.is_global_zero:
         return
@@ -154,6 +187,7 @@ def write_summary(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "wall_time_s": round(seconds, 3),
+        **(extra or {}),
         "metrics": metrics,
     }
     out = Path(cfg.paths.output_dir)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from dnnlab.errors import ConfigError
+from dnnlab.resume import KEY, refusal
 
 
 class EpochOrder:
@@ -134,12 +135,14 @@ class TensorBatches:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        # train.py refuses another layout before fit (dnnlab.resume); this guards library use.
         layout = {"batch_size": self.batch_size, "steps_per_block": self.steps_per_block or 0}
-        saved = {key: state.get(key, value) for key, value in layout.items()}
-        if saved != layout:
-            raise ConfigError(
-                f"the checkpoint was written with data.batch_size={saved['batch_size']} and "
-                f"data.steps_per_block={saved['steps_per_block']}; resume it with the same"
-            )
+        changed = {
+            f"data.{key}": (state[key], value)
+            for key, value in layout.items()
+            if state.get(key, value) != value
+        }
+        if changed:
+            raise ConfigError(f"{KEY}: {refusal(changed)}")
         self.sampler.set_epoch(state["epoch"])
         self._resume_at = (state["epoch"], state["handed_out"])
