@@ -93,3 +93,24 @@ def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.Compl
         text=True,
         timeout=600,
     )
+
+
+def tiny_task(folder: Path) -> list[str]:
+    """A random MNIST-layout set of 64 training images: 4 optimizer steps of 16 an epoch."""
+    write_idx_dataset(folder, n_train=84, n_test=10)
+    return [
+        "data=mnist",
+        f"data.root={folder}",
+        "data.search_dirs=[]",
+        "data.verify=false",
+        "data.val_size=20",
+        "data.batch_size=16",
+        "data.eval_batch_size=20",
+        "data.steps_per_block=1",
+        "trainer.limit_train_batches=null",
+        "callbacks.gradient_diagnostics=null",
+        "callbacks.step_checkpoint=null",
+        "logger=none",
+        "test=false",
+        "model.hidden=[16,16]",
+    ]

@@ -18,7 +18,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
-from conftest import QUICK, ROOT, requires_fashion, write_idx_dataset
+from conftest import QUICK, ROOT, requires_fashion, tiny_task, write_idx_dataset
 from dnnlab.checkpointing import HOST, AtomicCheckpointIO
 from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
@@ -477,3 +477,21 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(
     )
     for key in ("verdict", "epochs", "grad_norm_per_epoch", "weight_change_per_epoch"):
         assert pieced[key] == whole[key], key
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(
+    tmp_path: Path, make_config
+) -> None:
+    """Lightning 2.6 rewrites last.ckpt at validation only with a new top-k checkpoint: with a
+    monitor that never improves after epoch 1, last.ckpt stayed at epoch 1."""
+    never_better = [
+        "callbacks.model_checkpoint.monitor=step",  # grows every epoch: mode=min never improves
+        "callbacks.model_checkpoint.mode=min",
+    ]
+    cfg = make_config([*tiny_task(tmp_path / "data"), "trainer.max_epochs=3", *never_better])
+    run(cfg)
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    best = torch.load(folder / "epoch_000.ckpt", weights_only=True)
+    assert best["global_step"] == 4, "the best stays epoch 1"
+    assert (last["epoch"], last["global_step"]) == (2, 12), "last.ckpt holds the run's end"

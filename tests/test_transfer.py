@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import requires_fashion, write_idx_dataset
+from conftest import requires_fashion, tiny_task
 from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
@@ -141,27 +141,6 @@ def test_bad_transfer_settings_stop_every_run_even_without_freezing(
 
 
 # ------------------------------------------------- through the unfreeze, on a tiny random set
-def tiny_task(folder: Path) -> list[str]:
-    """A random MNIST-layout set of 64 training images: 4 optimizer steps of 16 an epoch."""
-    write_idx_dataset(folder, n_train=84, n_test=10)
-    return [
-        "data=mnist",
-        f"data.root={folder}",
-        "data.search_dirs=[]",
-        "data.verify=false",
-        "data.val_size=20",
-        "data.batch_size=16",
-        "data.eval_batch_size=20",
-        "data.steps_per_block=1",
-        "trainer.limit_train_batches=null",
-        "callbacks.gradient_diagnostics=null",
-        "callbacks.step_checkpoint=null",
-        "logger=none",
-        "test=false",
-        "model.hidden=[16,16]",
-    ]
-
-
 def source_checkpoint(make_config, task: list[str], *overrides: str) -> Path:
     """One epoch of a source run on ``task``; its last checkpoint."""
     source = make_config([*task, "trainer.max_epochs=1", *overrides], run="source")

@@ -145,9 +145,31 @@ class RunCheckpoint(ModelCheckpoint):
         holds the finished epoch, as the epoch-end checkpoint of ``ModelCheckpoint`` does.
         """
         super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
         due, self._save_at_epoch_end = self._save_at_epoch_end, False
         if due and not self._should_skip_saving_checkpoint(trainer):
             self._save_step_checkpoint(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        """``last.ckpt`` at an epoch's checkpoint that is not a new best.
+
+        Lightning 2.6 writes ``last.ckpt`` there only when a top-k checkpoint was saved at the
+        same step, so a run whose last epochs did not improve kept an older ``last.ckpt``:
+        ``ckpt_path=last`` resumed (and ``eval.py`` evaluated) an earlier epoch than the run's end.
+        """
+        if (
+            self.save_last
+            and self._every_n_epochs >= 1
+            and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+            and not self._should_skip_saving_checkpoint(trainer)  # also: saved at this step
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_step_checkpoint(self, trainer: L.Trainer) -> None:
         candidates = self._monitor_candidates(trainer)
