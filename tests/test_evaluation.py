@@ -212,6 +212,13 @@ def run_of(**changes: object) -> Callable[[Path], list[str]]:
     return make
 
 
+def another_models_checkpoint(tmp_path: Path) -> list[str]:
+    """A Lightning checkpoint, in a run folder, of a model that is not dnnlab's."""
+    ckpt = tiny_run(tmp_path)
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "hyper_parameters": {}}, ckpt)
+    return [f"ckpt_path={ckpt}"]
+
+
 def saved_config(text: str) -> Callable[[Path], list[str]]:
     """A tiny run whose ``.hydra/config.yaml`` holds ``text`` instead."""
 
@@ -239,6 +246,12 @@ EVAL_CASES = [
         "checkpoint with flipped bytes",
         damaged_run("flipped"),
         r"ckpt_path='.*last.ckpt': a damaged checkpoint \(its member .* fails its CRC-32 check",
+    ),
+    (
+        "checkpoint of another model than dnnlab's",
+        another_models_checkpoint,
+        r"ckpt_path='.*': not a dnnlab model's checkpoint \(no model settings in its "
+        r"hyper_parameters\); give a checkpoint that dnnlab wrote$",
     ),
     (
         "checkpoint whose settings build no model",

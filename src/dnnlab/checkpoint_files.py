@@ -82,7 +82,10 @@ def restore_classifier(path: str | Path, key: str) -> tuple[Classifier, dict[str
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict) or not isinstance(hparams.get("model"), dict):
         raise checkpoint_error(
-            key, path, "not a dnnlab model's checkpoint (no model settings in its hyper_parameters)"
+            key,
+            path,
+            "not a dnnlab model's checkpoint (no model settings in its hyper_parameters); "
+            "give a checkpoint that dnnlab wrote",
         )
     try:
         model = Classifier(**hparams)
