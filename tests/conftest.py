@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import logging
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -93,6 +95,82 @@ def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.Compl
         text=True,
         timeout=600,
     )
+
+
+def write_checkpoint(
+    path: Path, overrides: Sequence[str] = (), num_classes: int = 10, **saved_model: object
+) -> Path:
+    """A checkpoint of an untrained Classifier as train.py saves one (its state_dict and its
+    primitive hyper_parameters), for the model these train.py overrides build; ``saved_model``
+    changes the model settings saved beside the weights (a checkpoint that does not fit them)."""
+    import lightning as L
+    import torch
+
+    from dnnlab.module import Classifier
+    from dnnlab.training import plain
+
+    cfg = compose_config(overrides)
+    model = Classifier(plain(cfg.model), plain(cfg.optimizer), num_classes=num_classes)
+    hparams = dict(model.hparams)
+    hparams["model"] = {**hparams["model"], **saved_model}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"state_dict": model.state_dict(), "hyper_parameters": hparams}
+    torch.save({**checkpoint, "pytorch-lightning_version": L.__version__, "epoch": 0}, path)
+    return path
+
+
+def grey_images(n: int = 60) -> np.ndarray:
+    """28x28 images of four grey levels: unlike random ones they compress, so a flipped byte of
+    their gzip file breaks the deflate stream itself, not only the file's CRC."""
+    return (np.random.default_rng(0).integers(0, 4, (n, 28, 28)) * 60).astype(np.uint8)
+
+
+def damage_file(path: Path, how: str) -> Path:
+    """``path`` as a user might hand it over by mistake: ``text``, ``truncated`` (cut in half)
+    or ``flipped`` (16 bytes inverted in the middle)."""
+    raw = bytearray(path.read_bytes())
+    if how == "text":
+        raw = bytearray(b"not a checkpoint\n")
+    elif how == "truncated":
+        raw = raw[: len(raw) // 2]
+    elif how == "flipped":
+        middle = len(raw) // 2
+        raw[middle : middle + 16] = bytes(b ^ 0xFF for b in raw[middle : middle + 16])
+    else:
+        raise ValueError(how)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def tiny_data(tmp_path: Path) -> list[str]:
+    """Overrides that read a tiny MNIST-layout folder (no real data needed)."""
+    folder = write_idx_dataset(tmp_path / "data")
+    return [
+        "data=mnist",
+        f"data.root={folder}",
+        "data.search_dirs=[]",
+        "data.verify=false",
+        "data.val_size=10",
+    ]
+
+
+def load_script(name: str) -> ModuleType:
+    """``train.py`` or ``eval.py`` as a module whose Hydra app runs as under ``python <name>``."""
+    spec = importlib.util.spec_from_file_location(Path(name).stem + "_script", ROOT / name)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.main.__wrapped__.__module__ = "__main__"  # Hydra then finds conf/ beside the file
+    return script
+
+
+def call_script(script: ModuleType, args: Sequence[str], monkeypatch, tmp_path: Path) -> int:
+    """``python <script> args`` in this process, writing under ``tmp_path``: its exit code."""
+    from dnnlab import cli
+
+    monkeypatch.setenv("DNNLAB_ROOT", str(tmp_path))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", [Path(script.__file__).name, *args])
+    return cli.entry_point(script.main)
 
 
 def tiny_task(folder: Path) -> list[str]:

@@ -7,7 +7,6 @@ the same argument parsing, Hydra composition and job) and fails before any train
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import re
 import subprocess
@@ -18,25 +17,30 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUICK, ROOT, requires_fashion, write_idx_dataset
+from conftest import (
+    QUICK,
+    ROOT,
+    call_script,
+    damage_file,
+    grey_images,
+    load_script,
+    requires_fashion,
+    tiny_data,
+    write_checkpoint,
+    write_idx_dataset,
+)
 from dnnlab import cli
 from dnnlab.data.idx import encode_idx
+from dnnlab.data.sources import SPLIT_FILES
 from dnnlab.errors import ConfigError
 from dnnlab.validation import check_ranges
 
-spec = importlib.util.spec_from_file_location("train_script", ROOT / "train.py")
-train_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_script)
-# As under ``python train.py``: Hydra then finds conf/ next to the script's file.
-train_script.main.__wrapped__.__module__ = "__main__"
+train_script = load_script("train.py")
 
 
 def call_train(args: list[str], monkeypatch, tmp_path: Path) -> int:
     """``python train.py args`` in this process: the exit code it would have."""
-    monkeypatch.setenv("DNNLAB_ROOT", str(tmp_path))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["train.py", *args])
-    return cli.entry_point(train_script.main)
+    return call_script(train_script, args, monkeypatch, tmp_path)
 
 
 def dataset(tmp_path: Path, damage: str) -> list[str]:
@@ -52,7 +56,45 @@ def dataset(tmp_path: Path, damage: str) -> list[str]:
     return ["data=mnist", f"data.root={folder}", "data.search_dirs=[]", f"data.verify={verify}"]
 
 
-# (case, overrides, the message the one line must hold)
+def transfer(source: list[str], target: list[str], how: str = "", **saved_model: object):
+    """The overrides of a run reusing a source checkpoint of the model ``source`` builds
+    (``how``: damaged as :func:`damage_file` does; ``saved_model``: as write_checkpoint's)."""
+
+    def make(tmp_path: Path) -> list[str]:
+        ckpt = write_checkpoint(tmp_path / "source.ckpt", source, **saved_model)
+        if how:
+            damage_file(ckpt, how)
+        return [*tiny_data(tmp_path), *target, f"transfer.ckpt_path={ckpt}"]
+
+    return make
+
+
+def idx_file(name: str, array: np.ndarray, flip: bool = False, verify: bool = False):
+    """The overrides of a run whose tiny dataset has ``array`` as its file ``name``, gzipped
+    (``flip``: bytes in the middle of the gzip stream inverted)."""
+
+    def make(tmp_path: Path) -> list[str]:
+        overrides = tiny_data(tmp_path)
+        path = tmp_path / "data" / name
+        path.write_bytes(gzip.compress(encode_idx(array)))
+        if flip:
+            damage_file(path, "flipped")
+        return [*overrides, f"data.verify={str(verify).lower()}"]
+
+    return make
+
+
+def root_is_a_file(tmp_path: Path) -> list[str]:
+    (tmp_path / "mnist.gz").write_bytes(b"")
+    return ["data=mnist", f"data.root={tmp_path / 'mnist.gz'}", "data.download=true"]
+
+
+LABEL_12 = np.array([3, 12, *[0] * 58], np.uint8)
+OFFLINE_MNIST = ["data=mnist", "data.search_dirs=[]", "data.download=true"]
+CLOSED_PORT = "data.mirrors=[http://127.0.0.1:9/]"  # fails at once, as offline
+
+# (case, overrides or a function of tmp_path making the files and giving them, the message the
+# one line must hold)
 CASES = [
     (
         "unknown group option",
@@ -128,6 +170,97 @@ CASES = [
     ("wrong MD5", "md5", r"MD5 does not match MNIST's"),
     ("no run to resume", ["ckpt_path=last"], r"ckpt_path=last: no run folder under"),
     ("no such checkpoint", ["ckpt_path=nowhere.ckpt"], r"ckpt_path='nowhere.ckpt': no such"),
+    # files a user points at (checkpoints, transfer, data)
+    (
+        "transfer.layers beyond the source's hidden layers",
+        transfer(["model.hidden=[50]"], ["model.hidden=[50,10]", "transfer.layers=2"]),
+        r"^error: transfer.layers=2 reuses more hidden layers than the source has: "
+        r"transfer.ckpt_path='.*source.ckpt' has 1 \(model.hidden=\[50\]\); "
+        r"set transfer.layers to at most 1$",
+    ),
+    (
+        "all layers (transfer.layers=null) beyond the source's",
+        transfer(["model.hidden=[50]"], ["model.hidden=[50,10]"]),
+        r"transfer.layers=null reuses all 2 hidden layers, more hidden layers than the source",
+    ),
+    (
+        "transfer source of another layer size",
+        transfer(["model.hidden=[50]"], ["model.hidden=[60]"]),
+        r"transfer.ckpt_path='.*': hidden layer 1 does not match the source's: "
+        r"50 units in the source, 60 here \(model.hidden\)",
+    ),
+    (
+        "transfer source of another activation",
+        transfer(["model.activation=relu"], []),
+        r"hidden layer 1 does not match the source's: ReLU\(\) in the source, "
+        r"LeakyReLU\(negative_slope=0.2\) here \(model.activation\)",
+    ),
+    (
+        "transfer source of another BatchNorm placement",
+        transfer(["model.batch_norm=after"], ["model.batch_norm=before"]),
+        r"hidden layer 1 does not match the source's: model.batch_norm=after in the source, "
+        r"before here",
+    ),
+    (
+        "transfer source a text file",
+        transfer([], [], "text"),
+        r"transfer.ckpt_path='.*source.ckpt': not a checkpoint \(not a torch.save archive",
+    ),
+    (
+        "transfer source truncated",
+        transfer([], [], "truncated"),
+        r"transfer.ckpt_path='.*source.ckpt': not a checkpoint \(not a torch.save archive",
+    ),
+    (
+        "transfer source with flipped bytes",
+        transfer([], [], "flipped"),
+        r"transfer.ckpt_path='.*source.ckpt': a damaged checkpoint \(its member .* CRC-32",
+    ),
+    (
+        "transfer source whose settings build no model",
+        transfer([], [], activation="nope"),
+        r"transfer.ckpt_path='.*': its hyper_parameters do not build a model "
+        r"\(model.activation='nope' is not valid; choose one of: ",
+    ),
+    (
+        "transfer source whose weights do not fit its settings",
+        transfer([], [], hidden=[300, 50]),
+        r"transfer.ckpt_path='.*': its weights do not fit its own model settings "
+        r"\(RuntimeError: size mismatch for net.3.weight",
+    ),
+    (
+        "gzip file with flipped bytes",
+        idx_file(SPLIT_FILES["train_images"], grey_images(), flip=True),
+        r"train-images-idx3-ubyte.gz: cannot read \(Error -3 while decompressing data",
+    ),
+    (
+        "gzip file with flipped bytes, MD5 checked",
+        idx_file(SPLIT_FILES["train_images"], grey_images(), flip=True, verify=True),
+        r"train-images-idx3-ubyte.gz: MD5 does not match MNIST's",
+    ),
+    (
+        "data.root a file",
+        root_is_a_file,
+        r"data.root='.*mnist.gz' is a file, not a folder; give the folder of train-images",
+    ),
+    (
+        "images of another size",
+        idx_file(SPLIT_FILES["train_images"], np.zeros((60, 32, 32), np.uint8)),
+        r"data/train-images-idx3-ubyte.gz: holds images of shape 32x32 \(\(60, 32, 32\) in all\); "
+        r"MNIST images are 28x28",
+    ),
+    (
+        "label outside the classes",
+        idx_file(SPLIT_FILES["train_labels"], LABEL_12),
+        r"data/train-labels-idx1-ubyte.gz: holds label 12, outside MNIST's 10 classes 0-9 "
+        r"\(1 such labels in all\)$",
+    ),
+    (
+        "MNIST offline",
+        [*OFFLINE_MNIST, CLOSED_PORT],
+        r"MNIST not found \(looked in .*\)\. Put .* in .*data/mnist \(data.root\) or in a "
+        r"folder of data.search_dirs; download failed: http://127.0.0.1:9/",
+    ),
 ]
 
 
@@ -137,6 +270,8 @@ def test_bad_input_is_one_line_and_exit_code_2(
 ) -> None:
     if isinstance(overrides, str):
         overrides = dataset(tmp_path, overrides)
+    elif callable(overrides):
+        overrides = overrides(tmp_path)
     code = call_train([*QUICK, *overrides], monkeypatch, tmp_path)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error:")]

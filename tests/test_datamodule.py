@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +14,9 @@ from conftest import MNIST_DIR, requires_fashion, write_idx_dataset
 from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.data.batches import EpochOrder, TensorBatches
-from dnnlab.errors import ConfigError
+from dnnlab.data.idx import encode_idx
+from dnnlab.data.sources import SPLIT_FILES
+from dnnlab.errors import ConfigError, DataError
 from dnnlab.validation import check_ranges
 
 
@@ -139,3 +143,12 @@ def test_mnist_from_shared_folder(tmp_path: Path) -> None:
         974,
         1009,
     ]
+
+
+def test_test_labels_outside_the_classes_name_their_file(tmp_path: Path) -> None:
+    folder = write_idx_dataset(tmp_path / "tiny")
+    labels = folder / SPLIT_FILES["test_labels"]
+    labels.write_bytes(gzip.compress(encode_idx(np.full(20, 10, np.uint8))))
+    dm = IdxDataModule(name="mnist", root=str(folder), download=False, verify=False)
+    with pytest.raises(DataError, match=rf"^{labels}: holds label 10, outside MNIST's 10 classes"):
+        dm.setup("fit")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +14,16 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import requires_fashion, run_script
+from conftest import (
+    call_script,
+    compose_config,
+    damage_file,
+    load_script,
+    requires_fashion,
+    run_script,
+    tiny_data,
+    write_checkpoint,
+)
 from dnnlab.errors import ConfigError
 from dnnlab.evaluation import (
     entropy,
@@ -95,7 +106,7 @@ def test_eval_py_evaluates_a_saved_run_from_its_checkpoint(make_config, tmp_path
     assert metrics["test/acc"] == pytest.approx(metrics["plain/acc"], abs=1e-6)
     assert metrics["plain/acc"] > 0.6
     bad = run_script(tmp_path, "eval.py", f"ckpt_path={tmp_path}/nothing.ckpt")
-    assert bad.returncode == 2 and "is not a file" in bad.stderr
+    assert bad.returncode == 2 and "no such checkpoint file" in bad.stderr
 
 
 @requires_fashion
@@ -168,3 +179,146 @@ def test_eval_of_the_tested_checkpoint_reports_what_train_reported(
     assert set(list(written)[2:4]) == {"test/acc", "test/loss"}, "Lightning's, as documented"
     assert written == {"ckpt_path": str(best), "split": "test", **evaluated}
     assert (out / "predictions.csv").read_text() == (folder / "predictions.csv").read_text()
+
+
+eval_script = load_script("eval.py")
+
+
+def tiny_run(
+    tmp_path: Path, data: list[str] = (), model: list[str] = (), **saved_model: object
+) -> Path:
+    """A run folder on tiny data as train.py leaves it: its ``.hydra/config.yaml`` (with the
+    ``data`` overrides) and ``checkpoints/last.ckpt`` (as write_checkpoint makes it)."""
+    folder = tmp_path / "run"
+    cfg = compose_config([*tiny_data(tmp_path), *data, *model], output_dir=folder)
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return write_checkpoint(folder / "checkpoints" / "last.ckpt", model, **saved_model)
+
+
+def damaged_run(how: str) -> Callable[[Path], list[str]]:
+    def make(tmp_path: Path) -> list[str]:
+        return [f"ckpt_path={damage_file(tiny_run(tmp_path), how)}"]
+
+    return make
+
+
+def run_of(**changes: object) -> Callable[[Path], list[str]]:
+    """A tiny run whose checkpoint's model settings are changed, or (``data``) whose config is."""
+
+    def make(tmp_path: Path) -> list[str]:
+        return [f"ckpt_path={tiny_run(tmp_path, **changes)}"]
+
+    return make
+
+
+def another_models_checkpoint(tmp_path: Path) -> list[str]:
+    """A Lightning checkpoint, in a run folder, of a model that is not dnnlab's."""
+    ckpt = tiny_run(tmp_path)
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "hyper_parameters": {}}, ckpt)
+    return [f"ckpt_path={ckpt}"]
+
+
+def saved_config(text: str) -> Callable[[Path], list[str]]:
+    """A tiny run whose ``.hydra/config.yaml`` holds ``text`` instead."""
+
+    def make(tmp_path: Path) -> list[str]:
+        ckpt = tiny_run(tmp_path)
+        (ckpt.parent.parent / ".hydra" / "config.yaml").write_text(text)
+        return [f"ckpt_path={ckpt}"]
+
+    return make
+
+
+# (case, a function of tmp_path making the files and giving eval.py's arguments, the message)
+EVAL_CASES = [
+    (
+        "checkpoint a text file",
+        damaged_run("text"),
+        r"^error: ckpt_path='.*last.ckpt': not a checkpoint \(not a torch.save archive",
+    ),
+    (
+        "checkpoint truncated",
+        damaged_run("truncated"),
+        r"ckpt_path='.*last.ckpt': not a checkpoint \(not a torch.save archive",
+    ),
+    (
+        "checkpoint with flipped bytes",
+        damaged_run("flipped"),
+        r"ckpt_path='.*last.ckpt': a damaged checkpoint \(its member .* fails its CRC-32 check",
+    ),
+    (
+        "checkpoint of another model than dnnlab's",
+        another_models_checkpoint,
+        r"ckpt_path='.*': not a dnnlab model's checkpoint \(no model settings in its "
+        r"hyper_parameters\); give a checkpoint that dnnlab wrote$",
+    ),
+    (
+        "checkpoint whose settings build no model",
+        run_of(activation="nope"),
+        r"ckpt_path='.*': its hyper_parameters do not build a model \(model.activation='nope'",
+    ),
+    (
+        "checkpoint whose weights do not fit its settings",
+        run_of(hidden=[300, 50]),
+        r"ckpt_path='.*': its weights do not fit its own model settings "
+        r"\(RuntimeError: size mismatch for net.3.weight",
+    ),
+    (
+        "checkpoint of another label set than its run folder's data",
+        run_of(data=["data.classes=[0,2]"]),
+        r"ckpt_path='.*': its model takes \(28, 28\) images into 10 classes, but its run "
+        r"folder's data \(data.name=mnist, data.classes=\[0, 2\]\) has 2 classes",
+    ),
+    (
+        "run folder config not YAML",
+        saved_config("data: [unclosed\n"),
+        r"ckpt_path='.*': the run folder's .*config.yaml cannot be used: it is not valid YAML",
+    ),
+    (
+        "run folder config not a mapping",
+        saved_config("- data\n- model\n"),
+        r"config.yaml cannot be used: it is not a mapping of settings; evaluate a checkpoint",
+    ),
+    (
+        "run folder config without data",
+        saved_config("seed: 1\n"),
+        r"config.yaml cannot be used: it has no data settings",
+    ),
+    (
+        "negative MC dropout passes, before any file is read",
+        lambda tmp_path: ["ckpt_path=nowhere.ckpt", "mc_dropout.samples=-1"],
+        r"^error: mc_dropout.samples=-1 is out of range; "
+        r"expected a number of MC dropout passes \(0: off\), an integer >= 0$",
+    ),
+    (
+        "unknown split, before any file is read",
+        lambda tmp_path: ["ckpt_path=nowhere.ckpt", "split=train"],
+        r"^error: split='train' is not valid; choose one of: test, val$",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "arguments", "message"), EVAL_CASES, ids=[c[0] for c in EVAL_CASES]
+)
+def test_eval_py_refuses_bad_files_in_one_line(
+    case: str, arguments, message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code = call_script(eval_script, arguments(tmp_path), monkeypatch, tmp_path)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, err[-2000:]
+    assert len(lines) == 1, err[-2000:]
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in err
+
+
+def test_eval_py_evaluates_a_tiny_run_with_mc_dropout(tmp_path: Path, monkeypatch) -> None:
+    ckpt = tiny_run(tmp_path, model=["model.dropout=0.2"])
+    arguments = [f"ckpt_path={ckpt}", "mc_dropout.samples=2", "split=val"]
+    assert call_script(eval_script, arguments, monkeypatch, tmp_path) == 0
+    (out,) = (tmp_path / "logs" / "evals").iterdir()
+    written = json.loads((out / "evaluation.json").read_text())
+    assert written["split"] == "val" and {"val/acc", "plain/acc", "mc/acc"} <= set(written)
+    assert len(list(csv.DictReader((out / "predictions.csv").open()))) == 10  # data.val_size

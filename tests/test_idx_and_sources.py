@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FASHION_DIR, requires_fashion, write_idx_dataset
+from conftest import (
+    FASHION_DIR,
+    damage_file,
+    grey_images,
+    requires_fashion,
+    write_idx_dataset,
+)
 from dnnlab.data.idx import encode_idx, parse_idx, read_idx
 from dnnlab.data.sources import DATASETS, SPLIT_FILES, locate, verified_bytes
 from dnnlab.errors import DataError
@@ -57,6 +63,23 @@ def test_offline_missing_data_is_one_clear_line(tmp_path: Path) -> None:
     assert not any(root.glob("*.part")), "no partial download is left behind"
     with pytest.raises(DataError, match=r"download is off: data.download=false"):
         locate("fashion_mnist", root, [], download=False)
+
+
+def test_a_download_that_fetches_nothing_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"or in a folder of data.search_dirs; download failed"):
+        locate("mnist", tmp_path / "data" / "mnist", [], mirrors=["http://127.0.0.1:9/"])
+    assert not (tmp_path / "data").exists(), "no empty data/mnist/ for the next run to trip on"
+
+
+def test_flipped_bytes_in_a_gzip_stream(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(encode_idx(grey_images())))
+    damage_file(path, "flipped")
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: cannot read \(Error -3"):
+        read_idx(path)
+    # The compressed bytes' MD5 is checked before anything is decompressed.
+    with pytest.raises(DataError, match=r"MD5 does not match MNIST's train-images-idx3-ubyte.gz"):
+        verified_bytes(DATASETS["mnist"], path)
 
 
 def test_wrong_md5_is_rejected(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import requires_fashion, tiny_task
+from conftest import requires_fashion, tiny_task, write_checkpoint
 from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
@@ -73,6 +73,40 @@ def test_frozen_layers_keep_their_weights_then_train(make_config) -> None:
     assert metrics["test/acc"] > 0.5
 
 
+def like_task_a(num_classes: int, hidden: list[int], **settings: str) -> torch.nn.Sequential:
+    """A net with TASK_A's activation (the default LeakyReLU, slope 0.2), sized as asked."""
+    slope = {"leaky_relu": {"negative_slope": 0.2}}
+    net = {"activation": "leaky_relu", "activation_params": slope, **settings}
+    return build_mlp(784, num_classes, hidden=hidden, **net)
+
+
+def test_the_sources_output_layer_is_never_reused(tmp_path: Path) -> None:
+    ckpt = write_checkpoint(tmp_path / "a.ckpt", ["model.hidden=[50]"])
+    target = like_task_a(2, [50, 10])
+    with pytest.raises(ConfigError, match=r"transfer.layers=2 reuses more hidden layers than"):
+        load_lower_layers(target, ckpt, 2)
+    with pytest.raises(ConfigError, match=r"transfer.layers=null reuses all 2 hidden layers"):
+        load_lower_layers(target, ckpt, None)
+    assert load_lower_layers(target, ckpt, 1) == 2  # hidden layer 1's kernel and bias only
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert torch.equal(target[1].weight, state["net.1.weight"])
+    assert not torch.equal(target[3].weight, state["net.3.weight"]), "the source's head stays"
+
+
+def test_dropout_may_differ_and_batchnorm_statistics_come_along(tmp_path: Path) -> None:
+    # The source's dropout layers shift its module indices; they hold nothing to reuse.
+    source = ["model.hidden=[40,30]", "model.dropout=0.2", "model.batch_norm=after"]
+    ckpt = write_checkpoint(tmp_path / "a.ckpt", source)
+    checkpoint = torch.load(ckpt, weights_only=True)
+    state = checkpoint["state_dict"]
+    state["net.4.running_mean"].fill_(0.5)  # Dropout, Dense, act, then BN: net.4
+    torch.save(checkpoint, ckpt)
+    target = like_task_a(3, [40, 30, 20], batch_norm="after")  # no dropout: BN 1 is net.3
+    assert load_lower_layers(target, ckpt, 2) == 2 * (2 + 5)  # Dense: 2; BN: 4 and its count
+    assert torch.equal(target[3].running_mean, torch.full((40,), 0.5))
+    assert torch.equal(target[4].weight, state["net.6.weight"])
+
+
 @requires_fashion
 def test_source_with_another_head_loads_and_mismatch_is_one_line(make_config) -> None:
     source = make_config(
@@ -80,13 +114,13 @@ def test_source_with_another_head_loads_and_mismatch_is_one_line(make_config) ->
     )
     run(source)
     ckpt = Path(source.paths.output_dir) / "checkpoints" / "last.ckpt"
-    two_classes = build_mlp(784, 2, hidden=[100, 100, 100], activation="relu", init="he_normal")
+    two_classes = like_task_a(2, [100, 100, 100])
     assert load_lower_layers(two_classes, ckpt, None) == 6  # 3 kernels + 3 biases
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert torch.equal(two_classes[5].weight, state["net.5.weight"])
     assert two_classes[-1].weight.shape == (2, 100), "fresh head of the new size"
-    wider = build_mlp(784, 2, hidden=[300, 100, 100], activation="relu", init="he_normal")
-    with pytest.raises(ConfigError, match=r"transfer.ckpt_path=.*size mismatch"):
+    wider = like_task_a(2, [300, 100, 100])
+    with pytest.raises(ConfigError, match=r"transfer.ckpt_path=.*: hidden layer 1 does not match"):
         load_lower_layers(wider, ckpt, None)
     with pytest.raises(
         ConfigError,

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dnnlab.errors import ConfigError, one_line
+
+if TYPE_CHECKING:
+    from dnnlab.module import Classifier
 
 REQUIRED_KEYS = ("state_dict",)
 
@@ -55,3 +58,46 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
                 return checkpoint
             problem = "not a Lightning checkpoint (no state_dict inside)"
     raise checkpoint_error(key, path, f"{problem}; give a checkpoint that dnnlab wrote")
+
+
+def first_error(err: BaseException) -> str:
+    """The first line that says what went wrong (``load_state_dict`` opens with a header)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    detail = lines[1] if len(lines) > 1 and lines[0].endswith(":") else " ".join(lines[:1])
+    return f"{type(err).__name__}: {detail[:200]}" if detail else type(err).__name__
+
+
+def restore_classifier(path: str | Path, key: str) -> tuple[Classifier, dict[str, Any]]:
+    """The :class:`~dnnlab.module.Classifier` a checkpoint holds, rebuilt from its own (primitive)
+    hyperparameters with its weights loaded, and the checkpoint; one line for a file that is
+    not a dnnlab model: hyperparameters that do not build one, or weights that do not fit it.
+
+    Not Lightning's ``load_from_checkpoint``: it reads the file again without the archive check
+    and lets every mismatch through as a traceback.
+    """
+    from dnnlab.module import Classifier  # Lightning: only once a model is wanted
+
+    path = Path(path)
+    checkpoint = read_checkpoint(path, key)
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or not isinstance(hparams.get("model"), dict):
+        raise checkpoint_error(
+            key,
+            path,
+            "not a dnnlab model's checkpoint (no model settings in its hyper_parameters); "
+            "give a checkpoint that dnnlab wrote",
+        )
+    try:
+        model = Classifier(**hparams)
+    except Exception as err:  # anything a file can hold: all the same to the user
+        detail = str(err) if isinstance(err, ConfigError) else first_error(err)
+        raise checkpoint_error(
+            key, path, f"its hyper_parameters do not build a model ({one_line(detail)})"
+        ) from None
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except Exception as err:
+        raise checkpoint_error(
+            key, path, f"its weights do not fit its own model settings ({first_error(err)})"
+        ) from None
+    return model, checkpoint

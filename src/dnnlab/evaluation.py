@@ -18,8 +18,9 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError
 
+from dnnlab.checkpoint_files import restore_classifier
 from dnnlab.data import IdxDataModule, build_datamodule
-from dnnlab.errors import ConfigError, lookup
+from dnnlab.errors import ConfigError, lookup, one_line
 from dnnlab.ranges import check_number, integers
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 PASSES = integers("a number of passes", 1)  # mc_dropout_proba's
 SAMPLES = integers("a number of MC dropout passes (0: off)", 0)  # the mc_dropout.samples setting
+SPLITS = {"test": "test", "val": "validate"}  # eval.py's split -> Lightning's loop for it
 DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout, ...
 
 
@@ -178,18 +180,33 @@ def saved_run_config(ckpt: Path, out_dir: Path) -> DictConfig:
     """The config of the run a checkpoint belongs to, writing into ``out_dir`` instead.
 
     ``<run>/checkpoints/<name>.ckpt`` sits beside ``<run>/.hydra/config.yaml``, which Hydra wrote
-    when the run started.
+    when the run started. A file that is not such a config (edited, cut short) is one line.
     """
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import DictConfig, OmegaConf
 
     saved = ckpt.parent.parent / ".hydra" / "config.yaml"
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={str(ckpt)!r} is not a file")
     if not saved.is_file():
         raise ConfigError(f"ckpt_path={str(ckpt)!r} is not in a run folder (no {saved})")
-    cfg = OmegaConf.load(saved)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
+
+    def unusable(problem: str) -> ConfigError:
+        return ConfigError(
+            f"ckpt_path={str(ckpt)!r}: the run folder's {saved} cannot be used: {problem}; "
+            "evaluate a checkpoint inside the run folder train.py wrote"
+        )
+
+    try:
+        cfg = OmegaConf.load(saved)
+    except Exception as err:  # YAML's parser errors and OmegaConf's, all the same to the user
+        raise unusable(f"it is not valid YAML ({one_line(str(err))[:200]})") from None
+    if not isinstance(cfg, DictConfig):
+        raise unusable("it is not a mapping of settings")
+    if not isinstance(cfg.get("data"), DictConfig):
+        raise unusable("it has no data settings (a data mapping)")
+    OmegaConf.update(cfg, "paths.output_dir", str(out_dir), force_add=True)
+    try:
+        OmegaConf.to_container(cfg.data, resolve=True)
+    except Exception as err:
+        raise unusable(f"its data settings do not resolve ({one_line(str(err))[:200]})") from None
     return cfg
 
 
@@ -209,6 +226,20 @@ def lightning_metrics(model: nn.Module, datamodule: IdxDataModule, stage: str) -
     return {k: float(v) for k, v in results.items() if k != "step"}  # step: training's x-axis
 
 
+def check_labels_fit(model: nn.Module, datamodule: IdxDataModule, ckpt: Path) -> None:
+    """The checkpoint's model must predict the classes of its run folder's data, in its shape."""
+    hparams = model.hparams
+    saved = (hparams.num_classes, tuple(hparams.input_shape))
+    data = (datamodule.num_classes, tuple(datamodule.input_shape))
+    if saved != data:
+        raise ConfigError(
+            f"ckpt_path={str(ckpt)!r}: its model takes {saved[1]} images into {saved[0]} "
+            f"classes, but its run folder's data (data.name={datamodule.name}, "
+            f"data.classes={datamodule.class_ids}) has {data[0]} classes of {data[1]} images; "
+            "evaluate it in the run folder it was trained in"
+        )
+
+
 def evaluate_checkpoint(
     ckpt_path: str | Path,
     out_dir: str | Path,
@@ -222,14 +253,14 @@ def evaluate_checkpoint(
     metrics, then :func:`evaluate_split`'s; ``evaluation.json`` holds them after the checkpoint
     and the split.
     """
-    from dnnlab.module import Classifier
-
-    stage = lookup({"test": "test", "val": "validate"}, "split", split)
+    stage = lookup(SPLITS, "split", split)
+    check_number("mc_dropout.samples", mc_samples, SAMPLES)  # train.py's rule, before any file
     ckpt, out = Path(ckpt_path), Path(out_dir)
-    datamodule = build_datamodule(saved_run_config(ckpt, out))
-    model = Classifier.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    model, _ = restore_classifier(ckpt, "ckpt_path")
     if mc_samples:
         require_dropout(model, mc_samples)  # before Lightning's pass over the split
+    datamodule = build_datamodule(saved_run_config(ckpt, out))
+    check_labels_fit(model, datamodule, ckpt)
     metrics = lightning_metrics(model, datamodule, stage)
     metrics.update(evaluate_split(model, datamodule, split, out, mc_samples, seed))
     write_evaluation(out, {"ckpt_path": str(ckpt), "split": split, **metrics})

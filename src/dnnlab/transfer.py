@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
+from dnnlab.checkpoint_files import restore_classifier
 from dnnlab.errors import ConfigError, lookup
+from dnnlab.evaluation import DROPOUT_TYPES
 from dnnlab.ranges import LEARNING_RATE, Rule, check_all, check_number, integers, or_null
 from dnnlab.schedules import join_schedule
 
@@ -45,35 +46,100 @@ RULES: dict[str, Rule] = {
 }
 
 
+def layer_blocks(net: nn.Sequential) -> list[list[nn.Module]]:
+    """The MLP cut before each dense layer: [input part, hidden layer 1, ..., n, head].
+
+    A hidden layer's block is its Dense with the BatchNorm, activation and dropout that follow.
+    """
+    blocks: list[list[nn.Module]] = [[]]
+    for module in net:
+        if isinstance(module, nn.Linear):
+            blocks.append([])
+        blocks[-1].append(module)
+    return blocks
+
+
 def reused_modules(net: nn.Sequential, layers: int | None) -> list[nn.Module]:
     """The modules of the first ``layers`` hidden layers (all hidden layers when None)."""
-    dense = [i for i, m in enumerate(net) if isinstance(m, nn.Linear)]
-    hidden = len(dense) - 1
+    blocks = layer_blocks(net)
+    hidden = len(blocks) - 2
     check_number("transfer.layers", layers, layer_count(hidden))
-    return list(net[: dense[hidden if layers is None else layers]])
+    return [m for block in blocks[: 1 + (hidden if layers is None else layers)] for m in block]
+
+
+def _kept(block: list[nn.Module]) -> list[nn.Module]:
+    """A block without what holds no weights and leaves the function fixed at evaluation."""
+    return [m for m in block if not isinstance(m, (nn.Flatten, *DROPOUT_TYPES))]
+
+
+def _batch_norm_place(block: list[nn.Module]) -> str:
+    kinds = ["bn" if isinstance(m, _BatchNorm) else "act" for m in _kept(block)[1:]]
+    if "bn" not in kinds:
+        return "none"
+    return "before" if kinds.index("bn") < kinds.index("act") else "after"
+
+
+def _activation(block: list[nn.Module]) -> str:
+    (act,) = (m for m in _kept(block)[1:] if not isinstance(m, _BatchNorm))
+    return f"{type(act).__name__}({act.extra_repr()})"
+
+
+def layer_difference(source: list[nn.Module], target: list[nn.Module], position: int) -> str:
+    """What differs between two blocks of :func:`layer_blocks` (``position`` 0: the input part),
+    in the settings' words; empty when they match."""
+    if position == 0:
+        has = [any(isinstance(m, _BatchNorm) for m in b) for b in (source, target)]
+        return "" if has[0] == has[1] else f"model.input_batch_norm={has[0]} in the source"
+    (source_dense, *_), (target_dense, *_) = source, target
+    if source_dense.in_features != target_dense.in_features:
+        return f"{source_dense.in_features} inputs in the source, {target_dense.in_features} here"
+    if source_dense.out_features != target_dense.out_features:
+        return (
+            f"{source_dense.out_features} units in the source, {target_dense.out_features} here "
+            "(model.hidden)"
+        )
+    places = _batch_norm_place(source), _batch_norm_place(target)
+    if places[0] != places[1]:
+        return f"model.batch_norm={places[0]} in the source, {places[1]} here"
+    activations = _activation(source), _activation(target)
+    if activations[0] != activations[1]:
+        return f"{activations[0]} in the source, {activations[1]} here (model.activation)"
+    return ""
 
 
 def load_lower_layers(net: nn.Sequential, ckpt_path: str | Path, layers: int | None) -> int:
-    """Copy the reused layers' weights and buffers from a checkpoint; returns how many tensors."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise ConfigError(f"transfer.ckpt_path={str(path)!r} is not a checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    cut = len(reused_modules(net, layers))
-    prefixes = tuple(f"net.{i}." for i in range(cut))
-    wanted = {k.removeprefix("net."): v for k, v in state.items() if k.startswith(prefixes)}
-    expected = {k for k in net[:cut].state_dict()}
-    if set(wanted) != expected:
+    """Copy the reused layers' weights and buffers from a checkpoint; returns how many tensors.
+
+    The source network is rebuilt from the checkpoint's own model settings, so its output layer
+    can never pass for a hidden layer, and a reused layer must match the source's layer of the
+    same depth in size, BatchNorm placement and activation (dropout may differ: it holds nothing).
+    """
+    reused_modules(net, layers)  # this model's own bound, before the file is read
+    key = "transfer.ckpt_path"
+    source, _ = restore_classifier(ckpt_path, key)
+    where = f"{key}={str(ckpt_path)!r}"
+    ours, theirs = layer_blocks(net), layer_blocks(source.net)
+    count, has = len(ours) - 2 if layers is None else layers, len(theirs) - 2
+    if count > has:
+        asked = f"null reuses all {count} hidden layers," if layers is None else f"{layers} reuses"
         raise ConfigError(
-            f"transfer.ckpt_path={str(path)!r}: its lower layers do not match this model "
-            f"(missing {sorted(expected - set(wanted))[:3]}); use the same model.* settings"
+            f"transfer.layers={asked} more hidden layers than the source has: {where} has {has} "
+            f"(model.hidden={source.hparams.model.get('hidden')}); set transfer.layers to at "
+            f"most {has}"
         )
-    try:
-        net[:cut].load_state_dict(wanted)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1].strip()
-        raise ConfigError(f"transfer.ckpt_path={str(path)!r}: {first}") from None
-    return len(wanted)
+    copied = 0
+    for position in range(count + 1):
+        difference = layer_difference(theirs[position], ours[position], position)
+        if difference:
+            layer = "the input" if position == 0 else f"hidden layer {position}"
+            raise ConfigError(
+                f"{where}: {layer} does not match the source's: {difference}; reused layers "
+                "need the source's model settings (or set transfer.layers lower)"
+            )
+        for mine, its in zip(_kept(ours[position]), _kept(theirs[position]), strict=True):
+            mine.load_state_dict(its.state_dict())
+            copied += len(its.state_dict())
+    return copied
 
 
 class FreezeReusedLayers(BaseFinetuning):

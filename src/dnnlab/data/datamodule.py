@@ -19,6 +19,7 @@ from dnnlab.errors import ConfigError, DataError, lookup
 from dnnlab.ranges import Rule, check_all, or_null, positive_int
 
 VAL_SPLITS = ("last", "first", "random")
+IMAGE_SHAPE = (28, 28)  # (Fashion-)MNIST's, and the input_shape every model is built for
 BATCH_SIZE = positive_int("a batch size")
 # data.<key> -> its rule, checked here and by dnnlab.validation before any data is read.
 RULES: dict[str, Rule] = {
@@ -41,12 +42,34 @@ def load_arrays(name: str, directory: str, verify: bool = True) -> dict[str, np.
         arrays[key] = parse_idx(content, str(path))
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        where = {
+            kind: Path(directory) / SPLIT_FILES[f"{split}_{kind}"] for kind in ("images", "labels")
+        }
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+            shape = "x".join(map(str, images.shape[1:])) or "no"
             raise DataError(
-                f"{directory}: {split} files disagree "
-                f"(images {images.shape}, labels {labels.shape})"
+                f"{where['images']}: holds images of shape {shape} ({images.shape} in all); "
+                f"{spec.title} images are {'x'.join(map(str, IMAGE_SHAPE))}"
             )
+        if labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{where['labels']}: holds labels of shape {labels.shape} for "
+                f"{len(images)} images in {where['images'].name}; the two files must agree"
+            )
+        check_labels(where["labels"], labels, spec.title, len(spec.classes))
     return arrays
+
+
+def check_labels(path: Path, labels: np.ndarray, title: str, num_classes: int) -> None:
+    """Labels must be class ids: a bad one would surface deep in the loss as a traceback."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: holds {labels.dtype} labels; {title} labels are integers")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise DataError(
+            f"{path}: holds label {int(bad[0])}, outside {title}'s {num_classes} classes "
+            f"0-{num_classes - 1} ({len(bad)} such labels in all)"
+        )
 
 
 def select_classes(
@@ -134,7 +157,7 @@ class IdxDataModule(L.LightningDataModule):
 
     @property
     def input_shape(self) -> tuple[int, int]:
-        return (28, 28)
+        return IMAGE_SHAPE
 
     def prepare_data(self) -> None:
         self._directory = locate(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,15 @@ IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 
-def read_idx_bytes(path: Path) -> bytes:
-    """The decompressed bytes of an IDX file (``.gz`` or plain), with a clear error if damaged."""
+def read_idx_bytes(path: Path, compressed: bool = False) -> bytes:
+    """The decompressed bytes of an IDX file (``.gz`` or plain), with a clear error if damaged;
+    ``compressed``: the bytes as stored, for their checksum."""
     try:
-        if path.suffix == ".gz":
+        if path.suffix == ".gz" and not compressed:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read ({err}); delete it and fetch it again") from None
 
 

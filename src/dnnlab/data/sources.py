@@ -100,10 +100,18 @@ def _md5(data: bytes) -> str:
 
 
 def verified_bytes(spec: DatasetSpec, path: Path) -> bytes:
-    """The decompressed content of ``path`` once its checksum matches; a one-line error if not."""
-    compressed = path.read_bytes()
-    content = read_idx_bytes(path)
-    if _md5(compressed) != spec.gz_md5[path.name] and _md5(content) != spec.raw_md5[path.name]:
+    """The decompressed content of ``path`` once its checksum matches; a one-line error if not.
+
+    The compressed bytes are checked first: damage there would otherwise surface as a
+    decompression error before any checksum is compared.
+    """
+    if _md5(read_idx_bytes(path, compressed=True)) == spec.gz_md5[path.name]:
+        return read_idx_bytes(path)
+    try:
+        content = read_idx_bytes(path)  # recompressed (Debian): the content's MD5 decides
+    except DataError:
+        content = None
+    if content is None or _md5(content) != spec.raw_md5[path.name]:
         raise DataError(
             f"{path}: MD5 does not match {spec.title}'s {path.name} "
             f"(expected {spec.gz_md5[path.name]}); delete it and fetch it again"
@@ -115,9 +123,24 @@ def _complete(directory: Path) -> bool:
     return all((directory / name).is_file() for name in SPLIT_FILES.values())
 
 
+def _store(root: Path, name: str, payload: bytes) -> None:
+    """Write a verified file into ``root``, made only now: a download that fetches nothing
+    leaves no folder behind. The file takes its final name only once it is whole."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+            os.replace(tmp, root / name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot write {root / name} ({err})") from None
+
+
 def _download(spec: DatasetSpec, root: Path, mirrors: Sequence[str], timeout: float) -> None:
     """Fetch missing files into ``root``; a file takes its final name only once its MD5 matches."""
-    root.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_FILES.values():
         if (root / name).is_file():
             continue
@@ -133,10 +156,7 @@ def _download(spec: DatasetSpec, root: Path, mirrors: Sequence[str], timeout: fl
             if _md5(payload) != spec.gz_md5[name]:
                 errors.append(f"{url}: MD5 mismatch")
                 continue
-            fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, root / name)
+            _store(root, name, payload)
             break
         else:
             raise DataError("; ".join(errors))
@@ -157,9 +177,16 @@ def locate(
     for directory in candidates:
         if _complete(directory):
             return directory
-    looked = ", ".join(str(d) for d in candidates)
     files = ", ".join(SPLIT_FILES.values())
-    where = f"{spec.title} not found (looked in {looked}). Put {files} in {root}{spec.apt_hint}"
+    if root.exists() and not root.is_dir():
+        raise DataError(
+            f"data.root={str(root)!r} is a file, not a folder; give the folder of {files}"
+        )
+    looked = ", ".join(str(d.absolute()) for d in candidates)
+    where = (
+        f"{spec.title} not found (looked in {looked}). Put {files} in {root.absolute()} "
+        f"(data.root) or in a folder of data.search_dirs{spec.apt_hint}"
+    )
     if not download:
         raise DataError(f"{where} (download is off: data.download=false)")
     try:
