@@ -173,15 +173,15 @@ def locate(
     """The first folder holding all four files: ``root``, then ``search_dirs``, else a download."""
     spec = get_spec(name)
     root = Path(root).expanduser()
+    files = ", ".join(SPLIT_FILES.values())
+    if root.exists() and not root.is_dir():  # a mistake even where a search folder has the data
+        raise DataError(
+            f"data.root={str(root)!r} is a file, not a folder; give the folder of {files}"
+        )
     candidates = [root, *(Path(d).expanduser() for d in search_dirs)]
     for directory in candidates:
         if _complete(directory):
             return directory
-    files = ", ".join(SPLIT_FILES.values())
-    if root.exists() and not root.is_dir():
-        raise DataError(
-            f"data.root={str(root)!r} is a file, not a folder; give the folder of {files}"
-        )
     looked = ", ".join(str(d.absolute()) for d in candidates)
     where = (
         f"{spec.title} not found (looked in {looked}). Put {files} in {root.absolute()} "
