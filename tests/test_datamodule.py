@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import MNIST_DIR, requires_fashion, write_idx_dataset
+from conftest import MNIST_DIR, requires_fashion, requires_mnist, write_idx_dataset
 from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.data.batches import EpochOrder, TensorBatches
@@ -125,6 +125,7 @@ def test_standardize_uses_training_statistics(tmp_path: Path) -> None:
     assert abs(train.std(dim=0).mean() - 1) < 0.05
 
 
+@requires_mnist
 def test_mnist_from_shared_folder(tmp_path: Path) -> None:
     dm = IdxDataModule(
         name="mnist", root=str(tmp_path), search_dirs=[str(MNIST_DIR)], download=False
