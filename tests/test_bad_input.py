@@ -29,10 +29,11 @@ from conftest import (
     write_checkpoint,
     write_idx_dataset,
 )
-from dnnlab import cli
+from dnnlab import cli, memory
 from dnnlab.data.idx import encode_idx
 from dnnlab.data.sources import SPLIT_FILES
 from dnnlab.errors import ConfigError
+from dnnlab.module import Classifier
 from dnnlab.validation import check_ranges
 
 train_script = load_script("train.py")
@@ -261,6 +262,99 @@ CASES = [
         r"MNIST not found \(looked in .*\)\. Put .* in .*data/mnist \(data.root\) or in a "
         r"folder of data.search_dirs; download failed: http://127.0.0.1:9/",
     ),
+    # config values and keys
+    ("seed below 0", ["seed=-1"], r"^error: seed=-1 is out of range; expected a seed, an integer "),
+    (
+        "seed above 2**32-1",
+        ["seed=4294967296"],
+        r"seed=4294967296 is out of range; expected a seed, an integer in \[0, 4294967295\]$",
+    ),
+    ("seed null", ["seed=null"], r"seed=null is out of range; expected a seed, an integer in "),
+    (
+        "misspelled model key added with +",
+        ["+model.dropuot=0.2"],
+        r"model.dropuot=0.2: unknown key 'dropuot' in model; valid keys: activation, .*, dropout, "
+        r"dropout_kind, dropout_where, hidden, init, ",
+    ),
+    (
+        "misspelled clipping key added with +",
+        ["+clipping.treshold=1.0"],
+        r"clipping.treshold=1.0: unknown key 'treshold' in clipping; valid keys: kind, threshold$",
+    ),
+    (
+        "unknown regularization key added with +",
+        ["+regularization.l3=0.1"],
+        r"regularization.l3=0.1: unknown key 'l3' in regularization; valid keys: l1, l2, max_norm,",
+    ),
+    (
+        "unknown optimizer argument added with +",
+        ["+optimizer.lrr=0.1"],
+        r"optimizer.lrr=0.1: unknown key 'lrr' in optimizer; valid keys: .*lr, maximize, momentum",
+    ),
+    (
+        "unknown scheduler key without a schedule",
+        ["+scheduler.foo=1"],
+        r"scheduler.foo=1: unknown key 'foo' in scheduler; valid keys: frequency, interval, "
+        r"monitor, schedule$",
+    ),
+    (
+        "scheduler setting without a schedule",
+        ["+scheduler.interval=step"],
+        r"scheduler.interval='step' needs a schedule: scheduler=none has none; choose one of: "
+        r"exponential, onecycle, performance, piecewise, power$",
+    ),
+    (
+        "not an optimizer",
+        ["optimizer._target_=builtins.dict"],
+        r"optimizer._target_='builtins.dict' must name a torch.optim.Optimizer subclass",
+    ),
+    (
+        "a network larger than memory",
+        ["model.hidden=[1000000000]"],
+        r"model.hidden=\[1000000000\]: the network has 795,000,000,010 parameters: 2.89 TiB as "
+        r"float32, 5.78 TiB with their gradients .* this machine has .* of (RAM|GPU memory)",
+    ),
+    (
+        "Lightning's gradient clipping flag",
+        ["+trainer.gradient_clip_val=1.0"],
+        r"trainer.gradient_clip_val=1.0 does not apply .*; "
+        r"use clipping=norm clipping.threshold=1.0$",
+    ),
+    (
+        "Lightning's value clipping flags",
+        ["+trainer.gradient_clip_val=0.5", "+trainer.gradient_clip_algorithm=value"],
+        r"trainer.gradient_clip_val=0.5 does not apply .*; "
+        r"use clipping=value clipping.threshold=0.5$",
+    ),
+    (
+        "Lightning's gradient accumulation flag",
+        ["+trainer.accumulate_grad_batches=4"],
+        r"trainer.accumulate_grad_batches=4 does not apply .*; for 4 batches of 32 per optimizer "
+        r"step use data.batch_size=128",
+    ),
+    (
+        "numbers for a list of integers",
+        ["model.hidden=[1e9]"],
+        r"model.hidden=\[1000000000.0\] has the wrong type; expected a list of integers like the "
+        r"default model.hidden=\[300, 100\]$",
+    ),
+    (
+        "model group removed",
+        ["~model"],
+        r"^error: ~model: the model group cannot be removed; choose "
+        r"one of: mlp$",
+    ),
+    (
+        "optimizer group removed",
+        ["~optimizer"],
+        r"~optimizer: the optimizer group cannot be removed; "
+        r"choose one of: adagrad, adam, .*, sgd$",
+    ),
+    (
+        "interpolation to a missing key",
+        ["model.hidden=${oops}"],
+        r"model.hidden=\$\{oops\}: cannot be resolved: Interpolation key 'oops' not found$",
+    ),
 ]
 
 
@@ -373,6 +467,12 @@ def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -
         ("parity.bn_eps", 0.0, False),
         ("model.variance_scaling.scale", -2.0, False),
         ("model.hidden", [300, 100], True),  # sizes: no rule here (the model checks them)
+        ("seed", 0, True),
+        ("seed", 2**32 - 1, True),
+        ("seed", 2**32, False),
+        ("seed", None, False),  # null fits any type, but only an optional rule accepts it
+        ("transfer.layers", None, True),  # optional: all of them
+        ("clipping.threshold", None, False),
     ],
 )
 def test_range_rules_check_their_keys_only(key: str, value: float, ok: bool) -> None:
@@ -384,3 +484,28 @@ def test_range_rules_check_their_keys_only(key: str, value: float, ok: bool) -> 
         bad = rf"{re.escape(key)}(\[\d\])?=.* is out of range"  # a list names its item: key[i]
         with pytest.raises(ConfigError, match=bad):
             check_ranges(cfg)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "copies", "gpu", "where"),
+    [
+        ({"_target_": "torch.optim.SGD"}, 2, False, "RAM"),
+        ({"_target_": "torch.optim.SGD", "momentum": 0.9}, 3, False, "RAM"),
+        ({"_target_": "torch.optim.Adam"}, 4, True, "GPU memory"),
+    ],
+)
+def test_memory_check_counts_the_built_network_against_the_device(
+    optimizer: dict, copies: int, gpu: bool, where: str, monkeypatch
+) -> None:
+    """The count is the real network's; weights, gradients and optimizer state must fit."""
+    model = {"hidden": [300, 100], "batch_norm": "after"}
+    count = sum(p.numel() for p in Classifier(model=model, optimizer=optimizer).parameters())
+    needed = count * 4 * copies
+    monkeypatch.setattr(memory.torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda: (0, needed), raising=False)
+    monkeypatch.setattr(memory, "ram_bytes", lambda: needed)
+    memory.check_fits(model, optimizer, 784, 10)  # exactly enough
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda: (0, needed - 1), raising=False)
+    monkeypatch.setattr(memory, "ram_bytes", lambda: needed - 1)
+    with pytest.raises(ConfigError, match=rf"the network has {count:,} parameters: .* of {where} "):
+        memory.check_fits(model, optimizer, 784, 10)

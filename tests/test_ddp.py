@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, requires_fashion, run_script
+from conftest import QUICK, requires_fashion, run_script, write_idx_dataset
 from dnnlab.config import compose_config
 from dnnlab.module import Classifier
 from dnnlab.training import build_datamodule
@@ -43,3 +43,20 @@ def test_two_process_cpu_ddp(tmp_path: Path) -> None:
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()
     assert summary["metrics"]["val/acc"] == pytest.approx(accuracy, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_blocks_of_steps_with_two_processes_are_refused_in_one_line(tmp_path: Path) -> None:
+    """Refused before the Trainer starts the second process: one line, not one per process and
+    a ``[rank1]`` traceback."""
+    folder = write_idx_dataset(tmp_path / "data")
+    data = [f"data.root={folder}", "data.search_dirs=[]", "data.verify=false", "data.val_size=20"]
+    overrides = [*QUICK, "data=mnist", *data, "trainer=ddp", "trainer.accelerator=cpu"]
+    result = run_script(tmp_path, "train.py", *overrides, "data.steps_per_block=4")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: data.steps_per_block=4 must be 1 with 2 processes: DDP syncs gradients once per "
+        "Lightning batch (trainer=ddp sets it)"
+    ], result.stderr[-3000:]
+    assert "[rank" not in result.stderr and "Traceback" not in result.stderr

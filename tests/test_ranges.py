@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 
 from dnnlab import clipping, evaluation, lr_finder, optimizers, regularization, schedules, transfer
 from dnnlab.config import compose_config
@@ -16,6 +17,7 @@ from dnnlab.diagnostics import verdict
 from dnnlab.errors import ConfigError
 from dnnlab.models import blocks, initializers, mlp
 from dnnlab.ranges import (
+    SEED,
     Rule,
     check_number,
     fraction,
@@ -82,6 +84,7 @@ def module_tables() -> dict[str, Rule]:
         rules |= {f"{p}{name}{ITEM}": rule for name, rule in table.items()}
     return {
         **rules,
+        "seed": SEED,
         "scheduler.frequency": schedules.FREQUENCY,
         "clipping.threshold": clipping.THRESHOLD,
         "model.variance_scaling.scale": initializers.SCALE,
@@ -95,6 +98,14 @@ def test_config_checks_use_the_modules_rule_objects() -> None:
     rules = range_rules()
     for key, rule in module_tables().items():
         assert rules[key] is rule, key
+
+
+def test_the_seed_rule_is_the_range_seed_everything_accepts() -> None:
+    for value in (min_seed_value, max_seed_value):
+        check_number("seed", value, SEED)
+    for value in (min_seed_value - 1, max_seed_value + 1, None, 4.5):
+        with pytest.raises(ConfigError, match=r"^seed=.* is out of range; expected a seed, an "):
+            check_number("seed", value, SEED)
 
 
 @pytest.mark.parametrize(

@@ -202,7 +202,10 @@ RANGE_CASES = [
             ["scheduler=onecycle", "scheduler.schedule.base_momentum=0.96"],
             "scheduler.schedule.base_momentum=0.96 must be <= scheduler.schedule.max_momentum=0.95",
         ),
-        (["scheduler=onecycle", "+scheduler.schedule.foo=1"], "unexpected keyword"),
+        (
+            ["scheduler=onecycle", "+scheduler.schedule.foo=1"],
+            "scheduler.schedule.foo=1: unknown key 'foo' in scheduler.schedule; valid keys: ",
+        ),
         (["scheduler=onecycle", "scheduler.schedule._target_=nowhere.f"], "not an importable"),
     ],
 )

@@ -31,11 +31,11 @@ from hydra.errors import (
     OverrideParseException,
 )
 from hydra.types import RunMode
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
-from dnnlab.config import CONFIG_DIR
-from dnnlab.errors import DnnlabError, invalid_choice, one_line
+from dnnlab.config import CONFIG_DIR, group_options
+from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
 from dnnlab.validation import check_override_types
 
 log = logging.getLogger("dnnlab")
@@ -50,11 +50,6 @@ class JobFailed(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message, exit_code)  # both in args: the exception pickles back
         self.exit_code = exit_code
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group, as files in ``conf/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def _missing_option(err: MissingConfigException) -> str:
@@ -72,14 +67,13 @@ def _bad_key(err: ConfigCompositionException) -> str:
     text = str(err)
     override = re.search(r"use \+(\S+)", text)
     if isinstance(cause, OmegaConfBaseException) and "not in struct" in str(cause):
+        if cause.full_key == cause.key and required_group(cause.key):  # ~optimizer optimizer.lr=1
+            return str(removed_group(cause.key))
         parent = cause.parent_node
-        valid = ", ".join(sorted(str(k) for k in parent)) if parent is not None else ""
+        valid = [str(k) for k in parent] if parent is not None else []
         given = override.group(1) if override else cause.full_key
         where = cause.full_key.rpartition(".")[0] or "the top level"
-        return (
-            f"{given}: unknown key {cause.key!r} in {where}; valid keys: {valid} "
-            f"(to add a new key: +{given})"
-        )
+        return f"{unknown_key(given, cause.key, where, valid)} (to add a new key: +{given})"
     return one_line(text)
 
 
@@ -105,8 +99,9 @@ def user_message(err: BaseException) -> str | None:
         return f"cannot parse {err.override!r}: {detail}" if err.override else detail
     if isinstance(err, InstantiationException):
         return _instantiation(err)
-    if isinstance(err, OmegaConfBaseException):
-        return one_line(str(err))
+    if isinstance(err, OmegaConfBaseException):  # the key, and the message without its context
+        first = str(err).split("\n")[0]
+        return f"{err.full_key}: {first}" if getattr(err, "full_key", None) else one_line(str(err))
     return None
 
 
@@ -114,20 +109,58 @@ def exit_code(err: BaseException) -> int:
     return err.exit_code if isinstance(err, DnnlabError) else 2
 
 
+def required_group(name: str) -> bool:
+    """A config group without a ``none`` option: removing it leaves the run without a part."""
+    return (CONFIG_DIR / name).is_dir() and "none" not in group_options(name)
+
+
+def removed_group(group: str) -> ConfigError:
+    options = ", ".join(group_options(group))
+    return ConfigError(f"~{group}: the {group} group cannot be removed; choose one of: {options}")
+
+
+def check_removals(config_name: str, removed: list[str], groups: list[str]) -> None:
+    """``~group`` only for a group the run can do without: one with a ``none`` option (the same
+    as choosing it) or one chosen only on demand (``experiment``, default null)."""
+    required = [group for group in removed if required_group(group)]
+    if not required:
+        return
+    defaults = compose(config_name=config_name, overrides=groups, return_hydra_config=True)
+    for group in required:
+        if defaults.hydra.runtime.choices.get(group) is not None:
+            raise removed_group(group)
+
+
+def check_resolves(cfg: DictConfig, overrides: dict[str, str]) -> None:
+    """Each overridden value resolves: ``model.hidden=${oops}`` names its key, not just the
+    missing target, and fails now rather than wherever the value is first read."""
+    for key, line in overrides.items():
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except InterpolationResolutionError as err:
+            raise ConfigError(f"{line}: cannot be resolved: {str(err).splitlines()[0]}") from None
+
+
 def check_command_line(cfg: DictConfig) -> None:
-    """Each value override keeps the type its key has before the command line's values."""
+    """A removed group is one the run can do without; each value override resolves and keeps
+    the type its key has before the command line's values."""
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
     choices = hydra_cfg.runtime.choices
-    parsed = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+    # As typed: an interpolation in an override (``model.hidden=${oops}``) is resolved below.
+    typed = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    parsed = OverridesParser.create().parse_overrides(typed)
     groups = [o.input_line for o in parsed if o.key_or_group in choices]
-    keys = [
-        o.key_or_group
+    removed = [o.key_or_group for o in parsed if o.is_delete() and o.key_or_group not in choices]
+    check_removals(hydra_cfg.job.config_name, removed, groups)
+    values = {
+        o.key_or_group: o
         for o in parsed
-        if o.key_or_group not in choices
-        and not (o.is_add() or o.is_force_add() or o.is_delete() or o.is_hydra_override())
-    ]
+        if o.key_or_group not in choices and not (o.is_delete() or o.is_hydra_override())
+    }
+    check_resolves(cfg, {key: o.input_line for key, o in values.items()})
+    keys = [key for key, o in values.items() if not (o.is_add() or o.is_force_add())]
     if keys:
         baseline = compose(config_name=hydra_cfg.job.config_name, overrides=groups)
         check_override_types(cfg, baseline, keys)

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from torch.optim import Optimizer
 
+from dnnlab.building import check_arguments
 from dnnlab.errors import invalid_choice
 from dnnlab.ranges import check_number, positive
 
@@ -33,6 +34,7 @@ class GradientClipping:
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> GradientClipping:
+        check_arguments(node or {}, "clipping", cls)
         return cls(**dict(node or {}))
 
     @property

@@ -21,3 +21,8 @@ def compose_config(
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
     return cfg
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group, as files in ``conf/<group>/``."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))

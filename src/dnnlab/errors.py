@@ -39,6 +39,13 @@ def invalid_choice(key: str, value: object, choices: Iterable[str]) -> ConfigErr
     return ConfigError(f"{key}={value!r} is not valid; choose one of: {valid}")
 
 
+def unknown_key(given: str, name: str, where: str, valid: Iterable[str]) -> ConfigError:
+    """The standard one-line error for a key that its node, or the builder it feeds, lacks:
+    ``given`` is the setting as the user wrote it (``model.dropuot=0.2``)."""
+    listed = ", ".join(sorted(valid))
+    return ConfigError(f"{given}: unknown key {name!r} in {where}; valid keys: {listed}")
+
+
 def lookup(registry: Mapping[str, T], key: str, name: str) -> T:
     """Registry access that fails with :func:`invalid_choice` instead of a KeyError."""
     try:

@@ -26,6 +26,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from dnnlab.building import check_arguments
 from dnnlab.clipping import GradientClipping
 from dnnlab.errors import lookup
 from dnnlab.losses import LOSSES
@@ -118,6 +119,7 @@ class Classifier(L.LightningModule):
             check_scheduler(scheduler)
         self.automatic_optimization = False
         self.loss_fn = lookup(LOSSES, "loss", loss)
+        check_arguments(model, "model", build_mlp, passed=("input_dim", "num_classes"))
         self.net = build_mlp(math.prod(input_shape), num_classes, **model)
         self.regularization = Regularization.from_config(regularization)
         self.clipping = GradientClipping.from_config(clipping)

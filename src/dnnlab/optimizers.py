@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
-from torch.optim import Optimizer
+from torch.optim import SGD, Adagrad, Optimizer, RMSprop
 
-from dnnlab.building import build
+from dnnlab.building import build, check_arguments, target_of
 from dnnlab.errors import ConfigError
 from dnnlab.ranges import (
     LEARNING_RATE,
@@ -45,8 +45,36 @@ ITEM_RULES: dict[str, Rule] = {
 }
 
 
+def optimizer_class(node: Mapping[str, Any], key: str = "optimizer") -> type[Optimizer]:
+    """The class ``node['_target_']`` names; anything else is refused before any data is read
+    (a dict or a function would only fail once Lightning asks for the optimizer)."""
+    target = target_of(node, key)
+    if not (isinstance(target, type) and issubclass(target, Optimizer)):
+        raise ConfigError(
+            f"{key}._target_={node.get('_target_')!r} must name a torch.optim.Optimizer subclass "
+            "(e.g. torch.optim.SGD)"
+        )
+    return target
+
+
+def state_tensors(node: Mapping[str, Any]) -> int:
+    """How many tensors of each parameter's size the optimizer keeps (the memory estimate):
+    exact for the book's nine, two (Adam's moments) for any other."""
+    cls = optimizer_class(node)
+    momentum = int(bool(node.get("momentum")))
+    if issubclass(cls, SGD):
+        return momentum
+    if issubclass(cls, RMSprop):
+        return 1 + momentum + int(bool(node.get("centered")))
+    if issubclass(cls, Adagrad):
+        return 1
+    return 2 + int(bool(node.get("amsgrad")))
+
+
 def check_optimizer(node: Mapping[str, Any], key: str = "optimizer") -> None:
-    """Raise a one-line ``ConfigError`` for the first value outside its meaning's range."""
+    """Raise a one-line ``ConfigError`` for a target that is no optimizer, a key it does not
+    take, or the first value outside its meaning's range."""
+    check_arguments(node, key, optimizer_class(node, key), passed=("params",))
     for name, rule in RULES.items():
         if node.get(name) is not None:
             check_number(f"{key}.{name}", node[name], rule)

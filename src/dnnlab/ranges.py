@@ -82,6 +82,9 @@ PENALTY = non_negative("a penalty factor")  # regularization.l1, regularization.
 DROPOUT_RATE = fraction("a dropout rate")
 LEARNING_RATE = positive("a learning rate")  # optimizer.lr, schedules, transfer.unfreeze_lr
 MOMENTUM = fraction("a momentum")  # optimizer.momentum, 1cycle's momentum range
+# seed: the range Lightning's seed_everything (NumPy's generator) accepts; null is refused, as
+# its random pick would leave the run without the seed that reproduces it.
+SEED = integers("a seed", 0, 2**32 - 1)
 
 
 def shown(value: object) -> str:

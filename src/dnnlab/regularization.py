@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dnnlab.building import check_arguments
 from dnnlab.errors import ConfigError, invalid_choice
 from dnnlab.ranges import PENALTY, Rule, check_all, or_null, positive
 
@@ -55,10 +56,8 @@ class Regularization:
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> Regularization:
-        try:
-            return cls(**dict(node or {}))
-        except TypeError as err:
-            raise ConfigError(f"regularization={dict(node or {})}: {err}") from None
+        check_arguments(node or {}, "regularization", cls)
+        return cls(**dict(node or {}))
 
     @property
     def penalizes(self) -> bool:

@@ -27,8 +27,9 @@ from torch.optim.lr_scheduler import (
     ReduceLROnPlateau,
 )
 
-from dnnlab.building import build
-from dnnlab.errors import ConfigError, lookup
+from dnnlab.building import build, check_arguments, target_of
+from dnnlab.config import group_options
+from dnnlab.errors import ConfigError, lookup, unknown_key
 from dnnlab.ranges import (
     LEARNING_RATE,
     MOMENTUM,
@@ -42,10 +43,13 @@ from dnnlab.ranges import (
     or_null,
     positive,
     positive_int,
+    shown,
 )
 
 KEY = "scheduler.schedule"
 INTERVALS = ("step", "epoch")
+# The keys of a ``scheduler`` node (conf/scheduler/<name>.yaml); ``schedule`` is the torch object.
+SCHEDULER_KEYS = ("schedule", "interval", "frequency", "monitor")
 # Metrics the module logs that a plateau schedule can watch, with the direction that is better.
 MONITOR_MODES = {
     "val/loss": "min",
@@ -300,7 +304,23 @@ def run_length(trainer: Any, interval: str) -> int:
 
 
 def check_scheduler(node: Mapping[str, Any]) -> None:
-    """The settings around the schedule: when it steps."""
+    """The node's keys, its schedule's arguments, and the settings around it: when it steps.
+
+    ``scheduler=none`` is an empty node; a key added to it (``+scheduler.interval=step``) has
+    no schedule to act on.
+    """
+    for name, value in node.items():
+        if name not in SCHEDULER_KEYS:
+            raise unknown_key(f"scheduler.{name}={shown(value)}", name, "scheduler", SCHEDULER_KEYS)
+    schedule = node.get("schedule")
+    if not isinstance(schedule, Mapping):
+        name, value = next(iter(node.items()))
+        options = ", ".join(o for o in group_options("scheduler") if o != "none")
+        raise ConfigError(
+            f"scheduler.{name}={shown(value)} needs a schedule: scheduler=none has none; "
+            f"choose one of: {options}"
+        )
+    check_arguments(schedule, KEY, target_of(schedule, KEY), passed=("optimizer",))
     lookup(dict.fromkeys(INTERVALS), "scheduler.interval", node.get("interval", "epoch"))
     check_number("scheduler.frequency", node.get("frequency", 1), FREQUENCY)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,13 @@ from torch import nn
 from dnnlab.building import build
 from dnnlab.checkpointing import remove_stale_temporaries
 from dnnlab.data import build_datamodule
+from dnnlab.data.datamodule import check_block_for_processes
+from dnnlab.errors import ConfigError
 from dnnlab.evaluation import evaluate_split, require_dropout, write_evaluation
 from dnnlab.lr_finder import tune_learning_rate
+from dnnlab.memory import check_fits
 from dnnlab.module import Classifier
+from dnnlab.ranges import shown
 from dnnlab.resume import ResumeSettings, check_resume, resolve_ckpt_path, run_settings
 from dnnlab.summary import ParameterSummary
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
@@ -64,9 +69,14 @@ def compile_forward(net: nn.Module) -> None:
 
 
 def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
+    """The module of the config, refused in one line if the machine cannot hold it."""
+    model_node, optimizer_node = plain(cfg.model), plain(cfg.optimizer)
+    input_dim = math.prod(datamodule.input_shape)
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    check_fits(model_node, optimizer_node, input_dim, datamodule.num_classes, accelerator)
     model = Classifier(
-        model=plain(cfg.model),
-        optimizer=plain(cfg.optimizer),
+        model=model_node,
+        optimizer=optimizer_node,
         scheduler=plain(cfg.get("scheduler")) or None,
         input_shape=list(datamodule.input_shape),
         num_classes=datamodule.num_classes,
@@ -83,11 +93,52 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
     return model
 
 
+def _clip_instead(value: Any, cfg: DictConfig) -> str:
+    algorithm = cfg.trainer.get("gradient_clip_algorithm") or "norm"
+    return f"use clipping={algorithm} clipping.threshold={shown(value)}"
+
+
+def _accumulate_instead(value: Any, cfg: DictConfig) -> str:
+    batch = cfg.get("data", {}).get("batch_size")
+    if isinstance(value, int) and value > 1 and isinstance(batch, int):
+        larger = f"data.batch_size={value * batch}"
+        return f"for {value} batches of {batch} per optimizer step use {larger}"
+    return "use a larger data.batch_size instead"
+
+
+# Trainer flags Lightning applies only under automatic optimization (at fit it refuses them
+# under the module's manual optimization): flag -> (its values that are off, what to use).
+MANUAL_OPTIMIZATION_FLAGS: dict[str, tuple[tuple[Any, ...], Callable[[Any, DictConfig], str]]] = {
+    "gradient_clip_val": ((None, 0), _clip_instead),
+    "gradient_clip_algorithm": ((None,), lambda v, cfg: f"use clipping={v} and clipping.threshold"),
+    "accumulate_grad_batches": ((1,), _accumulate_instead),
+}
+
+
+def check_trainer_flags(cfg: DictConfig) -> None:
+    """Refuse a Lightning flag that manual optimization cannot honour, naming this project's
+    way to get it, before the Trainer is built (Lightning only says so once fit starts)."""
+    for flag, (off, instead) in MANUAL_OPTIMIZATION_FLAGS.items():
+        value = cfg.trainer.get(flag)
+        if flag in cfg.trainer and value not in off:
+            raise ConfigError(
+                f"trainer.{flag}={shown(value)} does not apply (training uses manual "
+                f"optimization, a block of optimizer steps per Lightning batch); "
+                f"{instead(value, cfg)}"
+            )
+
+
 def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """The Trainer of the config; its flags and process count are checked before it builds or
+    launches anything, so a refusal is one line from one process."""
+    check_trainer_flags(cfg)
     callbacks = [*build_callbacks(cfg), *extra_callbacks]
     if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's own summary
         callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
-    return build(cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False)
+    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False)
+    # DDP starts its other processes at fit: refuse now, in this process alone.
+    check_block_for_processes(cfg.data.get("steps_per_block", 1), trainer.world_size)
+    return trainer
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, float]:

@@ -19,7 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from dnnlab.errors import ConfigError, lookup
-from dnnlab.ranges import DROPOUT_RATE, PENALTY, Rule, check
+from dnnlab.ranges import DROPOUT_RATE, PENALTY, SEED, Rule, check, out_of_range
 
 # fnmatch for "any item of the list" (leaves() names items ``key[i]``; ``[[]`` is a literal "[").
 ITEM = "[[]*]"
@@ -54,6 +54,7 @@ def range_rules() -> dict[str, Rule]:
     from dnnlab.models import blocks, initializers, mlp
 
     return {
+        "seed": SEED,
         **under("optimizer", optimizers.RULES),
         **under("optimizer", optimizers.ITEM_RULES, ITEM),
         **under("scheduler.schedule", schedules.RULES),
@@ -111,10 +112,15 @@ def check_ranges(cfg: DictConfig, rules: Mapping[str, Rule] | None = None) -> No
     whichever of its settings the run's builders will use."""
     rules = range_rules() if rules is None else rules
     for key, value in leaves(OmegaConf.to_container(cfg, resolve=False)):
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             continue  # types are check_override_types' job; text may be an interpolation
         for pattern, rule in rules.items():
-            if fnmatch.fnmatchcase(key, pattern):
+            if not fnmatch.fnmatchcase(key, pattern):
+                continue
+            if value is None:  # null fits any type; only a rule that allows it accepts it
+                if not rule.optional:
+                    raise out_of_range(key, value, rule.expected)
+            else:
                 check(key, value, rule)
     check_choices(cfg)
 
@@ -131,18 +137,38 @@ def check_choices(cfg: DictConfig, valid: Mapping[str, Collection[str]] | None =
 ANY_SCALAR_KEYS = ("trainer.devices", "trainer.precision", "trainer.strategy")
 
 
-def type_name(value: Any) -> str:
+# A value's kind in words: one of it, and several (a list's items).
+KINDS = {
+    "boolean": ("a boolean (true/false)", "booleans (true/false)"),
+    "integer": ("an integer", "integers"),
+    "number": ("a number", "numbers"),
+    "list": ("a list", "lists"),
+    "mapping": ("a mapping", "mappings"),
+    "string": ("a string", "strings"),
+}
+
+
+def kind(value: Any) -> str:
     if isinstance(value, bool):
-        return "a boolean (true/false)"
+        return "boolean"
     if isinstance(value, int):
-        return "an integer"
+        return "integer"
     if isinstance(value, float):
-        return "a number"
+        return "number"
     if isinstance(value, list | ListConfig):
-        return "a list"
+        return "list"
     if isinstance(value, dict | DictConfig):
-        return "a mapping"
-    return "a string"
+        return "mapping"
+    return "string"
+
+
+def type_name(value: Any) -> str:
+    """``value``'s kind in words; a list names its items' kind (``fits`` checks them by the
+    first item), so ``[1e9]`` for ``[300, 100]`` reads "a list of integers"."""
+    name = kind(value)
+    if name == "list" and len(value) > 0 and value[0] is not None:
+        return f"a list of {KINDS[kind(value[0])][1]}"
+    return KINDS[name][0]
 
 
 def fits(expected: Any, value: Any) -> bool:

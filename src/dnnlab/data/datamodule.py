@@ -31,6 +31,17 @@ RULES: dict[str, Rule] = {
 }
 
 
+def check_block_for_processes(steps_per_block: int, world_size: int) -> None:
+    """One optimizer step per Lightning batch with several processes: DDP averages gradients
+    once per forward of the wrapped module, so a block of steps would train each process alone.
+    """
+    if world_size > 1 and steps_per_block > 1:
+        raise ConfigError(
+            f"data.steps_per_block={steps_per_block} must be 1 with {world_size} "
+            "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
+        )
+
+
 @functools.lru_cache(maxsize=8)
 def load_arrays(name: str, directory: str, verify: bool = True) -> dict[str, np.ndarray]:
     """The four arrays of a dataset folder, checked and cached: tests and sweeps read them once."""
@@ -231,12 +242,8 @@ class IdxDataModule(L.LightningDataModule):
         return TensorBatches(x, y, batch_size, order, steps_per_block)
 
     def train_dataloader(self) -> TensorBatches:
-        trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1 and self.steps_per_block > 1:
-            raise ConfigError(
-                f"data.steps_per_block={self.steps_per_block} must be 1 with {trainer.world_size} "
-                "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
-            )
+        if self.trainer is not None:  # train.py checks it before the processes start
+            check_block_for_processes(self.steps_per_block, self.trainer.world_size)
         return self._loader(
             "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
         )
