@@ -1,7 +1,8 @@
-"""A test-only callback that SIGKILLs its own process: an interruption no handler can soften.
+"""Test-only callbacks that break a run: a SIGKILL no handler can soften, a bug in the code.
 
 Injected from the command line: ``+callbacks.killer._target_=killer.KillAfterSteps
-+callbacks.killer.step=N`` with ``tests/`` on ``PYTHONPATH``.
++callbacks.killer.step=N`` (or ``killer.RaiseAtFitStart`` with ``+callbacks.killer.fail=...``)
+with ``tests/`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -29,3 +30,14 @@ class KillAfterSteps(Callback):
     ) -> None:
         if trainer.global_step >= self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RaiseAtFitStart(Callback):
+    """Raise a ``RuntimeError`` when fitting starts if ``fail``: a bug, not a user's mistake."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fail:
+            raise RuntimeError("boom: a bug in a callback")
