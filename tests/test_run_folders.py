@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from omegaconf import OmegaConf
 from tensorboard.compat.tensorflow_stub.io import gfile
 
 from conftest import run_script, write_idx_dataset
 from dnnlab import cli
+from dnnlab.config import CONFIG_DIR
 from test_bad_input import call_train
 
 ELSEWHERE = r"write elsewhere with paths\.log_dir=<folder> \(or DNNLAB_ROOT=<folder>\)"
@@ -290,6 +293,26 @@ def optuna_quiet() -> Iterator[None]:
     optuna.logging.disable_default_handler()
     yield
     optuna.logging.enable_default_handler()
+
+
+@pytest.mark.usefixtures("optuna_quiet")
+def test_the_optuna_example_searches_lists_of_hidden_sizes(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The overrides quoted in conf/hparams_search/optuna.yaml's comment run as they are."""
+    comment = (CONFIG_DIR / "hparams_search" / "optuna.yaml").read_text().split("defaults:")[0]
+    examples = re.findall(r"'([^']+)'", comment)
+    assert any(e.startswith("model.hidden=choice([") for e in examples), comment
+    quick = [o for o in tiny(tmp_path) if not o.startswith("model.hidden=")]
+    args = [*quick, "hparams_search=optuna", "hydra.sweeper.n_trials=2", *examples]
+    code = call_train(args, monkeypatch, tmp_path)
+    assert code == 0, capsys.readouterr().err[-3000:]
+    (sweep,) = (tmp_path / "logs" / "multiruns" / "optuna").iterdir()
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert {"optimizer.lr", "model.hidden"} <= set(best["best_params"])
+    for member in "01":
+        trained = OmegaConf.load(sweep / member / ".hydra" / "config.yaml")
+        assert list(trained.model.hidden) in ([300, 100], [100, 100, 100]), "a list, not text"
 
 
 @pytest.mark.usefixtures("optuna_quiet")
