@@ -91,8 +91,10 @@ requires_mnist = pytest.mark.skipif(
 
 
 def run_script(tmp_path: Path, script: str, *overrides: str) -> subprocess.CompletedProcess:
-    """Run ``train.py``/``eval.py`` as a user would, with data and logs under ``tmp_path``."""
-    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    """Run ``train.py``/``eval.py`` as a user would, with data and logs under ``tmp_path``
+    (and ``tests/`` importable: its test-only callbacks can be injected with ``+callbacks``)."""
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
+    env = {**os.environ, "DNNLAB_ROOT": str(tmp_path), "PYTHONPATH": path}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *overrides],
         cwd=ROOT,

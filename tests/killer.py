@@ -1,8 +1,8 @@
-"""Test-only callbacks that SIGKILL their own process: an interruption no handler can soften.
+"""Test-only callbacks that break a run: a SIGKILL no handler can soften, a bug in the code.
 
 Injected from the command line: ``+callbacks.killer._target_=killer.KillAfterSteps
-+callbacks.killer.step=N`` (or ``killer.KillAtEpoch`` with ``+callbacks.killer.epoch=E``) with
-``tests/`` on ``PYTHONPATH``.
++callbacks.killer.step=N`` (or ``killer.KillAtEpoch`` with ``+callbacks.killer.epoch=E``, or
+``killer.RaiseAtFitStart`` with ``+callbacks.killer.fail=...``) with ``tests/`` on ``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -54,3 +54,14 @@ class KillAtEpoch(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._kill(trainer, "end")
+
+
+class RaiseAtFitStart(Callback):
+    """Raise a ``RuntimeError`` when fitting starts if ``fail``: a bug, not a user's mistake."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.fail:
+            raise RuntimeError("boom: a bug in a callback")

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -33,16 +31,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
-# .<target>.<host>.<pid>.<random>.tmp: the writer of a temporary checkpoint file.
-TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]+\.tmp")
+from dnnlab.run_folders import HOST, TEMPORARY, atomic_write
+
 # .<target>.<8 random characters>.tmp: tempfile.mkstemp's names, from earlier versions.
 UNOWNED = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 UNOWNED_STALE_AFTER_S = 24 * 3600  # no writer takes a day over one checkpoint
-
-
-def temporary_name(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def process_alive(pid: int) -> bool:
@@ -103,19 +96,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if target.parent not in self._cleaned:
             remove_stale_temporaries(target.parent)
             self._cleaned.add(target.parent)
-        temporary = temporary_name(target)
-        # 0o666 less the umask, as open() gives every other output (mkstemp would give 0o600).
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        fd = os.open(temporary, flags, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        atomic_write(target, lambda f: torch.save(checkpoint, f))  # a fault names the target
 
 
 class RunCheckpoint(ModelCheckpoint):

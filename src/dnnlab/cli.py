@@ -7,8 +7,10 @@ and the valid choices, with the exit code of the error's kind (2 for bad input, 
 run). ``HYDRA_FULL_ERROR=1`` still shows the full traceback.
 
 A job's own error (:func:`run_job`) is reported the same way and marks its run folder with a
-``FAILED`` file; in a sweep (``-m``) Hydra's launcher then goes on with the next member, and the
-exit code is non-zero if any member failed.
+``FAILED`` file; so is a bug (with its traceback on stderr and in ``train.log``, exit code 1). In a
+sweep (``-m``) the launcher then goes on with the next member, the sweep report lists the failed
+members, and the exit code is non-zero if any member failed. A full or read-only disk is reported
+in one line too (:func:`dnnlab.run_folders.write_fault`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,20 +40,23 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 
 from dnnlab.config import CONFIG_DIR, group_options
 from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
+from dnnlab.report import write_report
+from dnnlab.run_folders import (
+    FAILED_FILE,
+    FolderInUse,
+    Refused,
+    atomic_write_text,
+    check_name,
+    check_new_folder,
+    locate,
+    write_fault,
+)
 from dnnlab.validation import check_override_types
 
 log = logging.getLogger("dnnlab")
 
-FAILED_FILE = "FAILED"  # written into a run folder whose job stopped with an error
 FULL_ERROR = "HYDRA_FULL_ERROR"
-
-
-class JobFailed(Exception):
-    """A job's error in a launcher's worker process, already reported there: the exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message, exit_code)  # both in args: the exception pickles back
-        self.exit_code = exit_code
+BUG = 1  # the exit code of an error that is not the user's: a traceback goes with it
 
 
 def _missing_option(err: MissingConfigException) -> str:
@@ -102,7 +109,7 @@ def user_message(err: BaseException) -> str | None:
     if isinstance(err, OmegaConfBaseException):  # the key, and the message without its context
         first = str(err).split("\n")[0]
         return f"{err.full_key}: {first}" if getattr(err, "full_key", None) else one_line(str(err))
-    return None
+    return write_fault(err)  # a full, read-only or unwritable disk; None for anything else
 
 
 def exit_code(err: BaseException) -> int:
@@ -170,66 +177,178 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def report_failure(cfg: DictConfig, message: str) -> None:
-    """The one line on stderr and in ``train.log``, and a ``FAILED`` file in the run folder."""
+def check_run_folder(cfg: DictConfig) -> None:
+    """The job's folder holds no other run's files (Hydra's own, just written, aside)."""
+    if cfg.get("name") is not None:
+        check_name(cfg.name)
+    folder = Path(str(cfg.paths.output_dir))
+    own: tuple[str, ...] = ()
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        if Path(hydra_cfg.runtime.output_dir).resolve() == folder.resolve():
+            own = (str(hydra_cfg.output_subdir), f"{hydra_cfg.job.name}.log")
+    check_new_folder(folder, "paths.output_dir", own)
+
+
+def report_failure(cfg: DictConfig, message: str, code: int, mark: bool = True) -> None:
+    """The one line on stderr and in ``train.log``, and a ``FAILED`` file in the run folder.
+
+    ``FAILED`` holds the line and the exit code: a sweep's main process reads them back from the
+    members a launcher ran in other processes.
+    """
     folder = Path(str(cfg.paths.output_dir))
     line = f"{folder}: {message}" if _in_sweep() else message
-    log.error(line)
+    raising, logging.raiseExceptions = logging.raiseExceptions, False  # train.log on a full disk
+    try:
+        log.error(line)
+    finally:
+        logging.raiseExceptions = raising
     print(f"error: {line}", file=sys.stderr, flush=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / FAILED_FILE).write_text(message + "\n")
+    failed_jobs[str(folder.resolve())] = code
+    if not mark:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / FAILED_FILE, f"{message}\nexit code {code}\n")
+    except OSError:
+        pass  # the disk fault just reported, most likely; the line above says what failed
 
 
-failed_jobs: list[int] = []  # exit codes of this process's failed jobs
+def _log_traceback(line: str, err: BaseException) -> None:
+    """The traceback into the job's log files (``train.log``), not again onto the console."""
+    exc_info = (type(err), err, err.__traceback__)
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, exc_info)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+failed_jobs: dict[str, int] = {}  # run folder -> exit code, for this process's failed jobs
+sweeps: dict[str, bool] = {}  # sweep folders of this call -> whether their report is still due
+run_folder = ""  # the run's (or sweep's) folder, once Hydra's callbacks have checked it
 show_tracebacks = False  # HYDRA_FULL_ERROR=1: let every error through with its traceback
-MAIN_PID = "DNNLAB_MAIN_PID"  # entry_point's process, inherited by a launcher's workers
 
 
 def run_job(cfg: DictConfig, work: Callable[[DictConfig], Any]) -> Any:
-    """Run one job; a user error or divergence is reported, recorded, and the job returns None.
+    """Run one job; any error is reported and recorded, and in a sweep the job returns None.
 
     Returning rather than raising keeps Hydra from printing its own report and lets a sweep's
-    launcher go on with the next member. In a launcher's worker process (e.g. joblib) the job
-    raises :class:`JobFailed` instead, so that its failure reaches the main process's exit code.
+    launcher (in this process or another) go on with the next member. A bug in a single run is
+    raised again after that: Python prints its traceback and exits with 1.
     """
     try:
         check_command_line(cfg)
+        check_run_folder(cfg)
         return work(cfg)
     except Exception as err:
-        message = user_message(err)
-        if message is None or show_tracebacks:
+        if show_tracebacks:
             raise
-        report_failure(cfg, message)
-        if os.environ.get(MAIN_PID, str(os.getpid())) != str(os.getpid()):
-            raise JobFailed(message, exit_code(err)) from None
-        failed_jobs.append(exit_code(err))
+        locate(err, cfg.paths.output_dir)
+        message = user_message(err)
+        if message is not None:
+            report_failure(cfg, message, exit_code(err), mark=not isinstance(err, FolderInUse))
+            return None
+        message = f"{type(err).__name__}: {one_line(str(err))} (a bug: traceback in train.log)"
+        _log_traceback(message, err)
+        if not _in_sweep():
+            report_failure(cfg, message, BUG)
+            raise
+        traceback.print_exception(err)
+        report_failure(cfg, message, BUG)
         return None
 
 
+def _read_exit_code(failed: Path) -> int:
+    found = re.search(r"^exit code (\d+)$", failed.read_text(), re.MULTILINE)
+    return int(found.group(1)) if found else BUG
+
+
+def finish_sweep(sweep: str) -> None:
+    """Count the sweep's failed members (from any process) and write its report if still due."""
+    report_due = sweeps.pop(str(sweep), False)
+    for failed in Path(str(sweep)).glob(f"*/{FAILED_FILE}"):
+        failed_jobs.setdefault(str(failed.parent.resolve()), _read_exit_code(failed))
+    if not report_due:
+        return
+    try:
+        log.info("sweep report: %s", write_report(sweep))
+    except FileNotFoundError as err:
+        log.warning("no sweep report: %s", err)
+    except OSError as err:
+        log.warning("no sweep report: %s", write_fault(err) or err)
+
+
+def _finish_sweeps() -> None:
+    """Sweeps that stopped before Hydra's end-of-sweep callbacks: report them all the same."""
+    for sweep in list(sweeps):
+        finish_sweep(sweep)
+
+
+def _exit_status() -> int:
+    """0, or the exit code of the failed jobs: a bug's (1) first, else the first one's."""
+    codes = list(failed_jobs.values())
+    if len(codes) > 1:
+        print(f"error: {len(codes)} sweep members failed", file=sys.stderr)
+    return BUG if BUG in codes else (codes[0] if codes else 0)
+
+
+def _quiet_write_faults(
+    hook: Callable[[threading.ExceptHookArgs], Any],
+) -> Callable[[threading.ExceptHookArgs], Any]:
+    """A thread excepthook that logs a disk fault in one line instead of a traceback.
+
+    TensorBoard writes its event files from a thread: the fault kills that thread (Python prints
+    its traceback) and comes back in the main thread at the next write, reported there.
+    """
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        fault = write_fault(args.exc_value) if args.exc_value is not None else None
+        if fault is None:
+            hook(args)
+        else:
+            log.warning("%s: %s", args.thread.name if args.thread else "a thread", fault)
+
+    return excepthook
+
+
 def entry_point(hydra_main: Callable[[], Any]) -> int:
-    """Call a ``@hydra.main`` function; the process's exit code, every user error in one line."""
-    global show_tracebacks
+    """Call a ``@hydra.main`` function; the process's exit code, every user error in one line.
+
+    A sweep's report is written even when the sweep stops early (e.g. a member's worker died).
+    """
+    global show_tracebacks, run_folder
     failed_jobs.clear()  # this call's jobs only
-    os.environ[MAIN_PID] = str(os.getpid())
+    sweeps.clear()
+    run_folder = ""
     previous = os.environ.get(FULL_ERROR)
     show_tracebacks = previous == "1"
     os.environ[FULL_ERROR] = "1"  # Hydra re-raises instead of printing its own report
+    thread_hook = threading.excepthook
+    threading.excepthook = _quiet_write_faults(thread_hook)
     try:
         hydra_main()
-    except JobFailed as err:  # reported by the worker that ran the job
-        return err.exit_code
+    except Refused as stop:  # by a Hydra callback, before anything was written
+        print(f"error: {stop.error}", file=sys.stderr)
+        return exit_code(stop.error)
     except Exception as err:
+        in_sweep = bool(sweeps)
+        _finish_sweeps()  # their failed members count below
+        locate(err, run_folder)  # Hydra's own writes into the run folder (its saved config)
         message = user_message(err)
+        if message is None and in_sweep and failed_jobs and not show_tracebacks:
+            # e.g. Optuna's "No trials are completed yet": the members' errors, shown above
+            reason = f"{type(err).__name__}: {one_line(str(err))}"
+            print(f"error: the sweep stopped after its failed members: {reason}", file=sys.stderr)
+            return _exit_status()
         if message is None or show_tracebacks:
             raise
         print(f"error: {message}", file=sys.stderr)
         return exit_code(err)
     finally:
-        os.environ.pop(MAIN_PID, None)
+        _finish_sweeps()
+        threading.excepthook = thread_hook
         if previous is None:
             os.environ.pop(FULL_ERROR, None)
         else:
             os.environ[FULL_ERROR] = previous
-    if len(failed_jobs) > 1:
-        print(f"error: {len(failed_jobs)} sweep members failed", file=sys.stderr)
-    return failed_jobs[0] if failed_jobs else 0
+    return _exit_status()

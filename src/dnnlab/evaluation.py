@@ -8,6 +8,7 @@ statistics never change.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from dnnlab.checkpoint_files import restore_classifier
 from dnnlab.data import IdxDataModule, build_datamodule
 from dnnlab.errors import ConfigError, lookup, one_line
 from dnnlab.ranges import check_number, integers
+from dnnlab.run_folders import atomic_write_text
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -110,8 +112,9 @@ def write_predictions(
             row += [k, f"{float(mean[i, k]):.6f}", f"{float(mc_std[i]):.6f}"]
             row += [f"{float(mc_entropy[i]):.6f}"]
         rows.append(row)
-    with path.open("w", newline="") as f:
-        csv.writer(f).writerows(rows)
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows(rows)
+    atomic_write_text(path, table.getvalue())  # whole or not at all (a full disk)
 
 
 def require_dropout(model: nn.Module, samples: int) -> None:
@@ -173,7 +176,7 @@ def evaluate_split(
 def write_evaluation(out_dir: Path, record: Mapping[str, Any]) -> None:
     """``evaluation.json``: written once per evaluation, by whoever ran it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "evaluation.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(record, indent=2) + "\n")
 
 
 def saved_run_config(ckpt: Path, out_dir: Path) -> DictConfig:

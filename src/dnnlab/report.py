@@ -10,6 +10,7 @@ over otherwise identical runs.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from dnnlab.cli import FAILED_FILE
+from dnnlab.run_folders import FAILED_FILE, atomic_write, atomic_write_text
 
 COLUMNS = {  # report column -> key in metrics.json's metrics
     "val_acc_best": "val/acc_best",
@@ -149,23 +150,27 @@ def plot_curves(members: list[Member], keys: list[str], path: Path) -> None:
     if ax.lines:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
 def write_report(sweep: str | Path) -> Path:
-    """Write report.md, report.csv and val_curves.png into the sweep folder; returns report.md."""
+    """Write report.md, report.csv and val_curves.png into the sweep folder; returns report.md.
+
+    Each file is replaced whole (written beside it, then renamed): a full disk keeps the old one.
+    """
     sweep = Path(sweep)
     members = load_members(sweep)
     if not members:
         raise FileNotFoundError(f"{sweep}: no run folders (with .hydra/) inside")
     header, rows = build_rows(members)
-    with (sweep / "report.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([header, *rows])
+    table = io.StringIO(newline="")
+    csv.writer(table).writerows([header, *rows])
+    atomic_write_text(sweep / "report.csv", table.getvalue())
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     failed = sum(not m.ok for m in members)
     title = f"# Sweep report: {sweep}\n\n{len(members)} runs, {failed} failed.\n\n"
-    (sweep / "report.md").write_text(title + "\n".join(lines) + "\n\n![](val_curves.png)\n")
+    atomic_write_text(sweep / "report.md", title + "\n".join(lines) + "\n\n![](val_curves.png)\n")
     plot_curves(members, [k for k in varied_keys(members)], sweep / "val_curves.png")
     return sweep / "report.md"

@@ -29,6 +29,7 @@ from dnnlab.memory import check_fits
 from dnnlab.module import Classifier
 from dnnlab.ranges import shown
 from dnnlab.resume import ResumeSettings, check_resume, resolve_ckpt_path, run_settings
+from dnnlab.run_folders import atomic_write_text
 from dnnlab.summary import ParameterSummary
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
 from dnnlab.validation import check_ranges
@@ -230,6 +231,7 @@ def write_summary(
 
     The HParams entry is written once, at the end, with the run's real final metrics. ``extra``
     (which checkpoint was tested) goes into ``metrics.json`` beside them.
+    ``metrics.json`` marks a finished run, so it is written whole or not at all (a full disk).
     """
     if not trainer.is_global_zero:
         return
@@ -243,12 +245,13 @@ def write_summary(
     }
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     hparams = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith(("paths.", "hydra."))}
     hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(hparams, hp_metrics)
+            logger.experiment.flush()  # on disk now: its writer thread would flush in 2 minutes
 
 
 def evaluate_test_split(

@@ -36,6 +36,7 @@ from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import TrainingDiverged
 from dnnlab.models import dense_layers
 from dnnlab.ranges import Rule, check_all, integers, interval
+from dnnlab.run_folders import atomic_write_text
 from dnnlab.scalars import log_scalars
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,7 @@ class GradientDiagnostics(Callback):
         folder = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         report = {**self.verdict, "thresholds": self.thresholds.as_dict(), **self._history()}
-        (folder / VERDICT_FILE).write_text(json.dumps(report, indent=2, allow_nan=True))
+        atomic_write_text(folder / VERDICT_FILE, json.dumps(report, indent=2, allow_nan=True))
         if self.epoch_grad_norms:
             figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
             figure.savefig(folder / FIGURE_FILE)
