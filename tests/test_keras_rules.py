@@ -15,7 +15,7 @@ from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
 from dnnlab.models.blocks import BiasedBatchNorm1d
 from dnnlab.module import Classifier
-from dnnlab.optimizers import build_optimizer, state_tensors
+from dnnlab.optimizers import build_optimizer, check_optimizer, state_tensors
 from dnnlab.regularization import Regularization
 from dnnlab.training import plain
 
@@ -56,8 +56,9 @@ def test_keras_optimizers_resume_from_a_weights_only_checkpoint(option: str) -> 
 def test_keras_sgd_refuses_dampening_in_one_line() -> None:
     overrides = ["parity=keras", "optimizer=momentum", "optimizer.dampening=0.1"]
     node = plain(compose_config(overrides).optimizer)
-    with pytest.raises(ConfigError, match=r"optimizer.dampening=0.1 has no Keras equivalent"):
-        build_optimizer(node, [nn.Parameter(torch.ones(2))])
+    for check in (check_optimizer, lambda n: build_optimizer(n, [nn.Parameter(torch.ones(2))])):
+        with pytest.raises(ConfigError, match=r"optimizer.dampening=0.1 has no Keras equivalent"):
+            check(node)  # check_optimizer: before any data is read
 
 
 def test_batch_norm_moving_variance_is_biased_with_keras_parity_only() -> None:

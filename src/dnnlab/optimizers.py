@@ -77,7 +77,10 @@ def state_tensors(node: Mapping[str, Any]) -> int:
 def check_optimizer(node: Mapping[str, Any], key: str = "optimizer") -> None:
     """Raise a one-line ``ConfigError`` for a target that is no optimizer, a key it does not
     take, or the first value outside its meaning's range."""
-    check_arguments(node, key, optimizer_class(node, key), passed=("params",))
+    cls = optimizer_class(node, key)
+    check_arguments(node, key, cls, passed=("params",))
+    if issubclass(cls, KerasOptimizer):
+        cls.check_config(node, key)
     for name, rule in RULES.items():
         if node.get(name) is not None:
             check_number(f"{key}.{name}", node[name], rule)

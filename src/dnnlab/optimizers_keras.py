@@ -23,7 +23,7 @@ plain numbers only, so checkpoints load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -51,6 +51,10 @@ class KerasOptimizer(Optimizer):
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
+
+    @staticmethod
+    def check_config(node: Mapping[str, Any], key: str = "optimizer") -> None:
+        """Refuse, before any data is read, a value Keras' optimizer has no counterpart for."""
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
@@ -94,11 +98,7 @@ class SGD(KerasOptimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ) -> None:
-        if dampening:
-            raise ConfigError(
-                f"optimizer.dampening={dampening} has no Keras equivalent (Keras' SGD has no "
-                "dampening); set optimizer.dampening=0 or parity=pytorch"
-            )
+        self.check_config({"dampening": dampening})
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -107,6 +107,14 @@ class SGD(KerasOptimizer):
             "weight_decay": weight_decay,
         }
         super().__init__(params, defaults)
+
+    @staticmethod
+    def check_config(node: Mapping[str, Any], key: str = "optimizer") -> None:
+        if node.get("dampening"):
+            raise ConfigError(
+                f"{key}.dampening={node['dampening']} has no Keras equivalent (Keras' SGD has "
+                f"no dampening); set {key}.dampening=0 or parity=pytorch"
+            )
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"velocity": torch.zeros_like(param)} if group["momentum"] else {}
