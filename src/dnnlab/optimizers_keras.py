@@ -287,9 +287,8 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 
-class Adamax(KerasOptimizer):
-    """Keras' Adamax: ``u = max(beta2*u, |g|)``; ``w -= lr * m / ((1 - beta1^t) * (u + eps))``
-    (torch adds epsilon to ``|g|`` inside the maximum)."""
+class AdamFamily(KerasOptimizer):
+    """Adamax and Nadam: Adam's arguments without AMSGrad."""
 
     def __init__(
         self,
@@ -301,6 +300,11 @@ class Adamax(KerasOptimizer):
     ) -> None:
         defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
+
+
+class Adamax(AdamFamily):
+    """Keras' Adamax: ``u = max(beta2*u, |g|)``; ``w -= lr * m / ((1 - beta1^t) * (u + eps))``
+    (torch adds epsilon to ``|g|`` inside the maximum)."""
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {"exp_avg": torch.zeros_like(param), "exp_inf": torch.zeros_like(param)}
@@ -316,21 +320,10 @@ class Adamax(KerasOptimizer):
         param.sub_((m * lr) / ((u + group["eps"]) * (1 - b1**t)))
 
 
-class NAdam(KerasOptimizer):
+class NAdam(AdamFamily):
     """Keras 3's Nadam: Adam with Nesterov momentum whose factor ``mu_t = beta1 * (1 - 0.5 *
     0.96^t)`` reaches beta1 within a few hundred steps (torch and Keras 2: ``0.96^(0.004 t)``,
     thousands of steps); epsilon after the bias correction, as torch."""
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-7,
-        weight_decay: float = 0.0,
-    ) -> None:
-        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
-        super().__init__(params, defaults)
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
         return {
