@@ -16,6 +16,7 @@ import torch
 from dnnlab.building import check_arguments
 from dnnlab.errors import ConfigError
 from dnnlab.models import build_mlp
+from dnnlab.models.mlp import PASSED
 from dnnlab.optimizers import state_tensors
 from dnnlab.ranges import shown
 
@@ -24,7 +25,7 @@ BYTES_PER_VALUE = 4  # float32 weights, gradients and optimizer state (mixed pre
 
 def parameter_count(model: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
     """Parameters of the network the ``model`` node describes, without allocating them."""
-    check_arguments(model, "model", build_mlp, passed=("input_dim", "num_classes"))
+    check_arguments(model, "model", build_mlp, passed=PASSED)
     with torch.device("meta"):
         net = build_mlp(input_dim, num_classes, **model)
     return sum(p.numel() for p in net.parameters())

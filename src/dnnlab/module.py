@@ -29,8 +29,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from dnnlab.building import check_arguments
 from dnnlab.clipping import GradientClipping
 from dnnlab.errors import lookup
-from dnnlab.losses import LOSSES
+from dnnlab.losses import LOSSES, SIGMOID_HEAD_LOSSES
 from dnnlab.models import build_mlp, dense_layers
+from dnnlab.models.mlp import PASSED
 from dnnlab.optimizers import build_optimizer, check_optimizer
 from dnnlab.regularization import Regularization
 from dnnlab.scalars import log_scalars
@@ -119,8 +120,11 @@ class Classifier(L.LightningModule):
             check_scheduler(scheduler)
         self.automatic_optimization = False
         self.loss_fn = lookup(LOSSES, "loss", loss)
-        check_arguments(model, "model", build_mlp, passed=("input_dim", "num_classes"))
-        self.net = build_mlp(math.prod(input_shape), num_classes, **model)
+        check_arguments(model, "model", build_mlp, passed=PASSED)
+        sigmoid_head = loss in SIGMOID_HEAD_LOSSES
+        self.net = build_mlp(
+            math.prod(input_shape), num_classes, sigmoid_head=sigmoid_head, **model
+        )
         self.regularization = Regularization.from_config(regularization)
         self.clipping = GradientClipping.from_config(clipping)
         self.dense = dense_layers(self.net)  # a plain list: the kernels penalties and max-norm see

@@ -15,6 +15,7 @@ from torch.optim import SGD, Adagrad, Optimizer, RMSprop
 
 from dnnlab.building import build, check_arguments, target_of
 from dnnlab.errors import ConfigError
+from dnnlab.optimizers_keras import KerasOptimizer
 from dnnlab.ranges import (
     LEARNING_RATE,
     MOMENTUM,
@@ -59,8 +60,10 @@ def optimizer_class(node: Mapping[str, Any], key: str = "optimizer") -> type[Opt
 
 def state_tensors(node: Mapping[str, Any]) -> int:
     """How many tensors of each parameter's size the optimizer keeps (the memory estimate):
-    exact for the book's nine, two (Adam's moments) for any other."""
+    exact for the book's nine (either parity's), two (Adam's moments) for any other."""
     cls = optimizer_class(node)
+    if issubclass(cls, KerasOptimizer):
+        return cls.state_tensors(node)
     momentum = int(bool(node.get("momentum")))
     if issubclass(cls, SGD):
         return momentum
@@ -74,7 +77,10 @@ def state_tensors(node: Mapping[str, Any]) -> int:
 def check_optimizer(node: Mapping[str, Any], key: str = "optimizer") -> None:
     """Raise a one-line ``ConfigError`` for a target that is no optimizer, a key it does not
     take, or the first value outside its meaning's range."""
-    check_arguments(node, key, optimizer_class(node, key), passed=("params",))
+    cls = optimizer_class(node, key)
+    check_arguments(node, key, cls, passed=("params",))
+    if issubclass(cls, KerasOptimizer):
+        cls.check_config(node, key)
     for name, rule in RULES.items():
         if node.get(name) is not None:
             check_number(f"{key}.{name}", node[name], rule)

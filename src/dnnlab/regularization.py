@@ -21,6 +21,21 @@ from dnnlab.errors import ConfigError, invalid_choice
 from dnnlab.ranges import PENALTY, Rule, check_all, or_null, positive
 
 MAX_NORM_AXES = ("incoming", "outgoing")
+# over_radius: only vectors longer than r are scaled (torch's renorm); all: every vector is
+# scaled by min(norm, r) / (norm + 1e-7), as Keras' MaxNorm (shorter ones shrink by ~1e-7/norm).
+MAX_NORM_RESCALES = ("over_radius", "all")
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
+
+
+def max_norm(matrix: Tensor, dim: int, radius: float, rescale: str) -> Tensor:
+    """``matrix`` with each slice along ``dim`` (a row for dim 0) at L2 norm <= ``radius``."""
+    if rescale == "over_radius":
+        return matrix.renorm(2, dim, radius)
+    others = [d for d in range(matrix.dim()) if d != dim]
+    norms = matrix.square().sum(dim=others, keepdim=True).sqrt()
+    return matrix * (norms.clamp(max=radius) / (KERAS_EPSILON + norms))
+
+
 # regularization.<key> -> its rule, checked here and by dnnlab.validation before any data is read.
 RULES: dict[str, Rule] = {
     "l1": PENALTY,
@@ -39,6 +54,7 @@ class Regularization:
     max_norm_axis: str = "incoming"
     max_norm_biases: bool = False
     max_norm_head: bool = False
+    max_norm_rescale: str = "over_radius"
 
     def __post_init__(self) -> None:
         check_all("regularization", RULES, {name: getattr(self, name) for name in RULES})
@@ -47,6 +63,10 @@ class Regularization:
                 raise ConfigError(
                     f"regularization.{name}={getattr(self, name)!r} must be true or false"
                 )
+        if self.max_norm_rescale not in MAX_NORM_RESCALES:
+            raise invalid_choice(
+                "regularization.max_norm_rescale", self.max_norm_rescale, MAX_NORM_RESCALES
+            )
         if self.max_norm_axis not in MAX_NORM_AXES:
             raise invalid_choice("regularization.max_norm_axis", self.max_norm_axis, MAX_NORM_AXES)
         if self.max_norm_biases and self.max_norm_axis != "incoming":
@@ -85,12 +105,15 @@ class Regularization:
         for layer in layers if self.max_norm_head else layers[:-1]:
             if not layer.weight.requires_grad:
                 continue
+            radius, rescale = self.max_norm, self.max_norm_rescale
             if self.max_norm_axis == "outgoing":  # each input's weights to all units: a column
-                layer.weight.copy_(layer.weight.renorm(2, 1, self.max_norm))
+                layer.weight.copy_(max_norm(layer.weight, 1, radius, rescale))
             elif self.max_norm_biases and layer.bias is not None:
                 joint = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
-                joint = joint.renorm(2, 0, self.max_norm)
+                joint = max_norm(joint, 0, radius, rescale)
                 layer.weight.copy_(joint[:, :-1])
                 layer.bias.copy_(joint[:, -1])
-            else:  # each unit's incoming weights: a row of the (out, in) weight
-                layer.weight.renorm_(2, 0, self.max_norm)
+            elif rescale == "over_radius":  # each unit's incoming weights: a row of (out, in)
+                layer.weight.renorm_(2, 0, radius)
+            else:
+                layer.weight.copy_(max_norm(layer.weight, 0, radius, rescale))

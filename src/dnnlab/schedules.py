@@ -85,6 +85,9 @@ ITEM_RULES: dict[str, Rule] = {
     "boundaries": positive_int("a boundary (scheduler step)"),
     "values": LEARNING_RATE,
 }
+# Where a piecewise boundary falls (PiecewiseConstantLR), and how a plateau's gain is measured.
+SWITCHES = ("at", "after")
+THRESHOLD_MODES = ("rel", "abs")
 # scheduler.frequency: how many intervals (steps or epochs) between two scheduler steps.
 FREQUENCY = positive_int("a frequency (intervals per scheduler step)")
 
@@ -115,9 +118,13 @@ def exponential(optimizer: Optimizer, s: float, decay_rate: float = 0.1) -> Expo
 
 
 class PiecewiseConstantLR(LRScheduler):
-    """``values[i]`` from boundary ``i-1`` (inclusive) to boundary ``i``: the book's piecewise
-    constant schedule. The values are learning rates, not factors; the first replaces
-    ``optimizer.lr``. torch's ``MultiStepLR`` only multiplies by one constant ``gamma``.
+    """``values[i]`` from boundary ``i-1`` to boundary ``i``: the book's piecewise constant
+    schedule. The values are learning rates, not factors; the first replaces ``optimizer.lr``.
+    torch's ``MultiStepLR`` only multiplies by one constant ``gamma``.
+
+    ``switch`` says where a boundary ``b`` falls: ``at`` starts the next value at ``t = b``
+    (the book's per-epoch function, ``epoch < 5``); ``after`` at ``t = b + 1``, as Keras'
+    ``PiecewiseConstantDecay`` (the book's per-step schedule: ``step <= b`` keeps the old value).
     """
 
     def __init__(
@@ -125,8 +132,11 @@ class PiecewiseConstantLR(LRScheduler):
         optimizer: Optimizer,
         boundaries: Sequence[int],
         values: Sequence[float],
+        switch: str = "at",
         last_epoch: int = -1,
     ) -> None:
+        lookup(dict.fromkeys(SWITCHES), f"{KEY}.switch", switch)
+        self.switch = switch
         boundaries, values = list(boundaries), list(values)
         check_items(f"{KEY}.boundaries", boundaries, ITEM_RULES["boundaries"])
         if any(b >= a for b, a in itertools.pairwise(boundaries)):
@@ -143,7 +153,8 @@ class PiecewiseConstantLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
-        value = self.values[bisect.bisect_right(self.boundaries, self.last_epoch)]
+        side = bisect.bisect_left if self.switch == "after" else bisect.bisect_right
+        value = self.values[side(self.boundaries, self.last_epoch)]
         return [value * scale for scale in self.scales]
 
 
@@ -153,13 +164,18 @@ def performance(
     factor: float = 0.5,
     patience: int = 5,
     threshold: float = 0.0,
+    threshold_mode: str = "rel",
     cooldown: int = 0,
     min_lr: float = 0.0,
 ) -> ReduceLROnPlateau:
     """Performance scheduling: LR x ``factor`` once the metric has not improved for ``patience``
     epochs (the book's and Keras' meaning; torch's own ``patience`` waits one epoch more).
+
+    A gain counts when it beats ``threshold``: a fraction of the best value (``rel``) or an
+    amount (``abs``, Keras' ``min_delta``).
     """
     lookup(dict.fromkeys(("min", "max")), f"{KEY}.mode", mode)
+    lookup(dict.fromkeys(THRESHOLD_MODES), f"{KEY}.threshold_mode", threshold_mode)
     check_all(
         KEY,
         RULES,
@@ -177,6 +193,7 @@ def performance(
         factor=factor,
         patience=patience - 1,
         threshold=threshold,
+        threshold_mode=threshold_mode,
         cooldown=cooldown,
         min_lr=min_lr,
     )
