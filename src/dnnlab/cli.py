@@ -35,7 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from dnnlab.config import CONFIG_DIR, group_options
+from dnnlab.console import FILE_ONLY, log_end_of_run
 from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
+from dnnlab.job_start import Refused
 from dnnlab.validation import check_override_types
 
 log = logging.getLogger("dnnlab")
@@ -174,10 +176,11 @@ def report_failure(cfg: DictConfig, message: str) -> None:
     """The one line on stderr and in ``train.log``, and a ``FAILED`` file in the run folder."""
     folder = Path(str(cfg.paths.output_dir))
     line = f"{folder}: {message}" if _in_sweep() else message
-    log.error(line)
+    log.error(line, extra=FILE_ONLY)  # the console has it on stderr, once
     print(f"error: {line}", file=sys.stderr, flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / FAILED_FILE).write_text(message + "\n")
+    log_end_of_run(folder, failed=True)
 
 
 failed_jobs: list[int] = []  # exit codes of this process's failed jobs
@@ -218,6 +221,9 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
         hydra_main()
     except JobFailed as err:  # reported by the worker that ran the job
         return err.exit_code
+    except Refused as refused:  # before the run folder was created (dnnlab.job_start)
+        print(f"error: {user_message(refused.error)}", file=sys.stderr)
+        return exit_code(refused.error)
     except Exception as err:
         message = user_message(err)
         if message is None or show_tracebacks:
