@@ -132,6 +132,13 @@ class RunCheckpoint(ModelCheckpoint):
         if due and not self._should_skip_saving_checkpoint(trainer):
             self._save_step_checkpoint(trainer)
 
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning 2.6 saves a missing ``last.ckpt`` here even under ``fast_dev_run``, which
+        otherwise suppresses checkpoints: ``ckpt_path=last`` then resumed that one-batch check
+        instead of the real run before it."""
+        if not trainer.fast_dev_run:
+            super().on_train_end(trainer, pl_module)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from dnnlab.config import CONFIG_DIR, group_options
+from dnnlab.console import FILE_ONLY, log_end_of_run
 from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
 from dnnlab.report import write_report
 from dnnlab.run_folders import (
@@ -200,7 +201,7 @@ def report_failure(cfg: DictConfig, message: str, code: int, mark: bool = True) 
     line = f"{folder}: {message}" if _in_sweep() else message
     raising, logging.raiseExceptions = logging.raiseExceptions, False  # train.log on a full disk
     try:
-        log.error(line)
+        log.error(line, extra=FILE_ONLY)  # the console has it on stderr, once
     finally:
         logging.raiseExceptions = raising
     print(f"error: {line}", file=sys.stderr, flush=True)
@@ -211,7 +212,8 @@ def report_failure(cfg: DictConfig, message: str, code: int, mark: bool = True) 
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / FAILED_FILE, f"{message}\nexit code {code}\n")
     except OSError:
-        pass  # the disk fault just reported, most likely; the line above says what failed
+        return  # the disk fault just reported, most likely; the line above says what failed
+    log_end_of_run(folder, failed=True)
 
 
 def _log_traceback(line: str, err: BaseException) -> None:
@@ -328,7 +330,7 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
     try:
         hydra_main()
     except Refused as stop:  # by a Hydra callback, before anything was written
-        print(f"error: {stop.error}", file=sys.stderr)
+        print(f"error: {user_message(stop.error)}", file=sys.stderr)
         return exit_code(stop.error)
     except Exception as err:
         in_sweep = bool(sweeps)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +30,9 @@ from dnnlab.run_folders import atomic_write_text
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+log = logging.getLogger(__name__)
 PASSES = integers("a number of passes", 1)  # mc_dropout_proba's
+MC_PROGRESS_FROM = 10  # fewer passes end before a progress line would help
 SAMPLES = integers("a number of MC dropout passes (0: off)", 0)  # the mc_dropout.samples setting
 SPLITS = {"test": "test", "val": "validate"}  # eval.py's split -> Lightning's loop for it
 DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout, ...
@@ -62,12 +66,30 @@ def predict_proba(model: nn.Module, images: Tensor, batch_size: int = 1000) -> T
 def mc_dropout_proba(
     model: nn.Module, images: Tensor, samples: int, batch_size: int = 1000, seed: int = 0
 ) -> Tensor:
-    """``samples`` stochastic passes with only dropout active: shape (samples, N, classes)."""
+    """``samples`` stochastic passes with only dropout active: shape (samples, N, classes).
+
+    The book's 100 passes over the test set take minutes on a CPU: a line every tenth of them
+    (console and log, with or without a progress bar) says how far they are.
+    """
     check_number("mc_dropout.samples", samples, PASSES)
     devices = [images.device] if images.device.type == "cuda" else []
+    every = max(1, samples // 10)
+    started = time.perf_counter()
+    passes = []
     with torch.random.fork_rng(devices=devices), mc_dropout_mode(model):
         torch.manual_seed(seed)
-        return torch.stack([predict_proba(model, images, batch_size) for _ in range(samples)])
+        for done in range(1, samples + 1):
+            passes.append(predict_proba(model, images, batch_size))
+            if samples >= MC_PROGRESS_FROM and (done % every == 0 or done == samples):
+                elapsed = time.perf_counter() - started
+                log.info(
+                    "MC dropout: %d/%d passes over %d images (%.1f s)",
+                    done,
+                    samples,
+                    len(images),
+                    elapsed,
+                )
+    return torch.stack(passes)
 
 
 def summarize(probabilities: Tensor, targets: Tensor, n_bins: int = 15) -> dict[str, float]:

@@ -14,6 +14,7 @@ and the Lightning optimizer, or, where those only dispatch hooks, calls the hook
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from dnnlab.building import check_arguments
 from dnnlab.clipping import GradientClipping
+from dnnlab.console import log_epoch
 from dnnlab.errors import lookup
 from dnnlab.losses import LOSSES, SIGMOID_HEAD_LOSSES
 from dnnlab.models import build_mlp, dense_layers
@@ -208,11 +210,17 @@ class Classifier(L.LightningModule):
                 metrics[f"momentum{suffix}"] = momentum
         log_scalars(self.loggers, metrics, step)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
     def on_train_epoch_end(self) -> None:
         loss, accuracy = self.train_totals.compute_and_reset()
         self.log("train/loss_epoch", loss, sync_dist=True)
         self.log("train/acc", accuracy, sync_dist=True)
         self.log("step", float(self.global_step))  # x-axis: optimizer steps, as for train/loss
+        # Here, not in a callback: callbacks' epoch-end hooks run before these values exist.
+        started = getattr(self, "_epoch_started", None)
+        log_epoch(self.trainer, time.perf_counter() - started if started else 0.0)
         per_epoch = [c for c in self.trainer.lr_scheduler_configs if c.interval == "epoch"]
         self._step_schedulers(per_epoch, self.current_epoch + 1)
 

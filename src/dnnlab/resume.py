@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -92,13 +93,25 @@ class Unset:
 UNSET = Unset()
 
 
+def was_fast_dev_run(folder: Path) -> bool:
+    """The run in ``folder`` was a ``trainer.fast_dev_run`` check (its saved config says so)."""
+    try:
+        saved = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        return bool(OmegaConf.select(saved, "trainer.fast_dev_run", default=False))
+    except (OSError, ValueError, yaml.YAMLError):  # unreadable: a plain run as far as we know
+        return False
+
+
 def latest_checkpoint(runs: Path, exclude: Path | None = None) -> Path | None:
-    """``checkpoints/last.ckpt`` of the newest run folder under ``runs`` that has one."""
+    """``checkpoints/last.ckpt`` of the newest run folder under ``runs`` that has one, leaving
+    out ``fast_dev_run`` checks (folders written before RunCheckpoint skipped them hold one)."""
     if not runs.is_dir():
         return None
     skip = exclude.resolve() if exclude is not None else None
     for folder in sorted((d for d in runs.iterdir() if d.is_dir()), reverse=True):
-        if folder.resolve() != skip and (folder / LAST_CHECKPOINT).is_file():
+        if folder.resolve() == skip or was_fast_dev_run(folder):
+            continue
+        if (folder / LAST_CHECKPOINT).is_file():
             return folder / LAST_CHECKPOINT
     return None
 

@@ -44,7 +44,7 @@ class Refused(BaseException):
     folder; like ``SystemExit``, this one passes through and stops the run before that.
     """
 
-    def __init__(self, error: ConfigError) -> None:
+    def __init__(self, error: Exception) -> None:
         super().__init__(error)
         self.error = error
 

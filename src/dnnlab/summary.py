@@ -46,24 +46,90 @@ def parameter_counts(module: nn.Module) -> ParameterCounts:
     return ParameterCounts(trainable, frozen + moving)
 
 
+@dataclass(frozen=True)
+class Row:
+    """One layer of the table: its name, type and parameter counts."""
+
+    name: str
+    kind: str
+    counts: ParameterCounts
+
+
+def layer_rows(module: nn.Module) -> list[Row]:
+    """The network's layers (``module.net``'s leaves when it has one), in order."""
+    net = getattr(module, "net", module)
+    prefix = "net." if net is not module else ""
+    return [
+        Row(f"{prefix}{name}", type(layer).__name__, parameter_counts(layer))
+        for name, layer in net.named_modules()
+        if name and not any(True for _ in layer.children())
+    ]
+
+
+def _signature(rows: list[Row]) -> tuple[tuple[str, ParameterCounts], ...]:
+    return tuple((row.kind, row.counts) for row in rows)
+
+
+def collapse(
+    rows: list[Row], min_repeats: int = 3, max_period: int = 4
+) -> list[tuple[str, str, int, ParameterCounts]]:
+    """Rows as (names, types, repeats, counts of one repeat): a block of up to ``max_period``
+    layers repeated ``min_repeats`` times or more in a row is one line (the 100-layer nets)."""
+    out = []
+    i = 0
+    while i < len(rows):
+        best = (1, 1)  # (period, repeats)
+        for period in range(1, max_period + 1):
+            block = _signature(rows[i : i + period])
+            repeats = 1
+            while _signature(rows[i + repeats * period : i + (repeats + 1) * period]) == block:
+                repeats += 1
+            if repeats >= min_repeats and repeats * period > best[0] * best[1]:
+                best = (period, repeats)
+        period, repeats = best
+        if repeats < min_repeats:
+            out.append((rows[i].name, rows[i].kind, 1, rows[i].counts))
+            i += 1
+            continue
+        block = rows[i : i + period]
+        last = rows[i + period * repeats - 1]
+        trainable = sum(r.counts.trainable for r in block)
+        frozen = sum(r.counts.non_trainable for r in block)
+        kinds = ", ".join(r.kind for r in block)
+        out.append(
+            (f"{rows[i].name}..{last.name}", kinds, repeats, ParameterCounts(trainable, frozen))
+        )
+        i += period * repeats
+    return out
+
+
+def summary_table(module: nn.Module) -> str:
+    """The layer table with Keras' counts, repeated blocks collapsed, and the totals."""
+    lines = []
+    collapsed = collapse(layer_rows(module))
+    width = max([len("Layer"), *(len(names) for names, *_ in collapsed)])
+    kind_width = max(
+        [len("Type"), *(len(k) + (len(f" x{n}") if n > 1 else 0) for _, k, n, _ in collapsed)]
+    )
+    lines.append(f"{'Layer':<{width}}  {'Type':<{kind_width}}  {'Params':>11}")
+    for names, kinds, repeats, counts in collapsed:
+        kind = f"{kinds} x{repeats}" if repeats > 1 else kinds
+        params = f"{counts.total * repeats:,}"
+        each = f"  ({counts.total:,} each)" if repeats > 1 else ""
+        lines.append(f"{names:<{width}}  {kind:<{kind_width}}  {params:>11}{each}")
+    lines.append(str(parameter_counts(module)))
+    return "\n".join(lines)
+
+
 class ParameterSummary(LightningModelSummary):
-    """Lightning's layer table, with totals counted as Keras does, logged with exact numbers."""
+    """The parameter summary of the book (Keras' ``model.summary()`` counts) in place of
+    Lightning's table: one line per layer, repeated blocks collapsed, logged at fit start."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._max_depth or not trainer.is_global_zero:
             return
-        table = self._summary(trainer, pl_module)
         counts = parameter_counts(pl_module)
-        self.summarize(
-            table._get_summary_data(),
-            counts.total,
-            counts.trainable,
-            table.model_size,
-            table.total_training_modes,
-            total_flops=getattr(table, "total_flops", 0),
-            **self._summarize_kwargs,
-        )
-        log.info(str(counts))
+        log.info("model summary:\n%s", summary_table(pl_module))
         metrics = {
             "params/total": counts.total,
             "params/trainable": counts.trainable,

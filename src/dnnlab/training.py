@@ -20,6 +20,7 @@ from torch import nn
 
 from dnnlab.building import build
 from dnnlab.checkpointing import remove_stale_temporaries
+from dnnlab.console import configure_logging, log_end_of_run
 from dnnlab.data import build_datamodule
 from dnnlab.data.datamodule import check_block_for_processes
 from dnnlab.errors import ConfigError
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 # Lightning counts a block of data.steps_per_block optimizer steps as one batch in this warning;
 # the module logs by optimizer step, so the comparison it makes does not apply.
 warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def plain(node: Any) -> Any:
@@ -150,6 +150,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     (``ckpt_path``) that would change the run is refused before any data is read.
     """
     started = time.perf_counter()
+    configure_logging()
     check_ranges(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -169,6 +170,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
         if not cfg.tune.use_for:  # find only; the printed override trains with it
             metrics = {"lr_find/suggestion": suggestion}
             write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+            log_end_of_run(cfg.paths.output_dir, metrics, seconds=time.perf_counter() - started)
             return metrics
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -176,12 +178,17 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     if cfg.get("test"):
         best = tested_checkpoint(trainer, ckpt_path)
         tested = {"tested_checkpoint": best}  # null: the final weights
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        # verbose=False: the end-of-run lines show the test metrics, not a second table
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
         if samples:
             metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
     metrics.pop("step", None)
-    write_summary(cfg, trainer, metrics, time.perf_counter() - started, tested)
+    seconds = time.perf_counter() - started
+    write_summary(cfg, trainer, metrics, seconds, tested)
+    if trainer.is_global_zero:
+        epochs, steps = trainer.current_epoch, trainer.global_step
+        log_end_of_run(cfg.paths.output_dir, metrics, epochs=epochs, steps=steps, seconds=seconds)
     return metrics
 
 

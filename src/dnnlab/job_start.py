@@ -1,0 +1,70 @@
+"""Hydra callbacks at a run's start: refuse a bad config before its run folder exists, then set
+up the console and record the environment in the folder.
+
+Hydra's ``run_job`` creates the run folder and writes ``.hydra/`` before it calls the task (and
+before ``on_job_start``), so a command line refused inside the task leaves a folder behind that
+holds nothing but that refusal. ``on_run_start`` comes before ``run_job``: the checks that need
+no data (:func:`dnnlab.cli.check_command_line`, :func:`dnnlab.validation.check_ranges`) run
+there. Hydra turns an ``Exception`` raised in a callback into a warning and goes on, so a refusal
+travels as :class:`Refused` (a ``BaseException``, as ``SystemExit`` is) to
+:func:`dnnlab.cli.entry_point`, which reports it as the one ``error:`` line of any user error.
+With ``HYDRA_FULL_ERROR=1``, or for an error that is a bug, nothing is raised here: the job runs
+the same checks and raises with the traceback.
+
+A multirun has no ``on_run_start``: each member is checked inside its job, and a refused member
+keeps its folder, marked ``FAILED``, beside the others (the sweep goes on).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from dnnlab.run_folders import Refused
+
+
+def task_config(config: DictConfig) -> DictConfig:
+    """The config the task will get: Hydra's own node removed, as ``run_job`` does."""
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def check_before_run_folder(config: DictConfig) -> None:
+    """The command line's checks that read no data, on the composed config (Hydra node
+    included), before Hydra creates the run folder."""
+    from dnnlab.cli import check_command_line
+    from dnnlab.validation import check_ranges
+
+    HydraConfig.instance().set_config(config)  # run_job sets it again, with the run folder
+    task = task_config(config)
+    check_command_line(task)
+    check_ranges(task)
+
+
+class RunStart(Callback):
+    """Checks before the run folder exists; the console and ``environment.json`` in every job."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dnnlab import cli
+
+        try:
+            check_before_run_folder(config)
+        except Exception as err:
+            if cli.user_message(err) is not None and not cli.show_tracebacks:
+                raise Refused(err) from err
+            # a bug, or HYDRA_FULL_ERROR=1: the job repeats the checks and raises it
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from dnnlab.console import configure_logging
+        from dnnlab.environment import write_environment
+
+        configure_logging()  # before the task: its first error line is printed once
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP's other processes share the folder
+            write_environment(config.hydra.runtime.output_dir)
