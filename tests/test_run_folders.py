@@ -75,7 +75,7 @@ def test_a_pinned_run_folder_is_refused_and_left_as_it_was(
     last = pinned / "checkpoints" / "last.ckpt"
     assert re.fullmatch(
         rf"error: hydra\.run\.dir={pinned} already holds files \(\.hydra, checkpoints, "
-        r"events\.out\.tfevents\.\*, hparams\.yaml, \.\.\.\); a run never writes over another: "
+        r"environment\.json, events\.out\.tfevents\.\*, \.\.\.\); a run never writes over another: "
         r"give a new hydra\.run\.dir \(or drop it for a new time-stamped folder\); "
         rf"to continue that run: ckpt_path={last} with a new folder",
         line,

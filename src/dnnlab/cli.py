@@ -40,6 +40,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 
 from dnnlab.config import CONFIG_DIR, group_options
 from dnnlab.console import FILE_ONLY, log_end_of_run
+from dnnlab.environment import ENVIRONMENT_FILE
 from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
 from dnnlab.report import write_report
 from dnnlab.run_folders import (
@@ -187,7 +188,7 @@ def check_run_folder(cfg: DictConfig) -> None:
     if HydraConfig.initialized():
         hydra_cfg = HydraConfig.get()
         if Path(hydra_cfg.runtime.output_dir).resolve() == folder.resolve():
-            own = (str(hydra_cfg.output_subdir), f"{hydra_cfg.job.name}.log")
+            own = (str(hydra_cfg.output_subdir), f"{hydra_cfg.job.name}.log", ENVIRONMENT_FILE)
     check_new_folder(folder, "paths.output_dir", own)
 
 
