@@ -102,7 +102,16 @@ CASES = [
         ["optimizer=foo"],
         r"optimizer='foo' is not valid; choose one of: .*sgd",
     ),
-    ("unknown experiment", ["experiment=nope"], r"experiment='nope' is not valid; choose one of: "),
+    (
+        "unknown experiment",
+        ["experiment=nope"],
+        r"experiment='nope' is not valid; choose one of: .*book/dropout, .*smoke",
+    ),
+    (
+        "unknown book experiment",
+        ["experiment=book/nope"],
+        r"experiment='book/nope' is not valid; choose one of: .*book/dropout",
+    ),
     (
         "misspelled key",
         ["optimizer.lrr=0.1"],

@@ -66,6 +66,11 @@ def _missing_option(err: MissingConfigException) -> str:
     group, _, option = missing.rpartition("/")
     if not group:
         return one_line(str(err).split("Config search path")[0])
+    top, _, inner = group.partition("/")
+    if inner and (CONFIG_DIR / group).is_dir():  # experiment=book/nope: an option in a subfolder
+        return str(invalid_choice(top, f"{inner}/{option}", group_options(top)))
+    if (CONFIG_DIR / group).is_dir():  # ours: the subfolders' options too (book/dropout)
+        return str(invalid_choice(group, option, group_options(group)))
     listed = re.search(r"Available options in '[^']*':\n((?:\t.*\n?)*)", str(err))
     options = listed.group(1).split() if listed else group_options(group)
     return str(invalid_choice(group, option, options))

@@ -24,5 +24,11 @@ def compose_config(
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group, as files in ``conf/<group>/``."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    """The options of a config group: the files in ``conf/<group>/`` and its subfolders
+    (``experiment=book/dropout``), less the ``_``-named parts other options include."""
+    folder = CONFIG_DIR / group
+    return sorted(
+        p.relative_to(folder).with_suffix("").as_posix()
+        for p in folder.rglob("*.yaml")
+        if not p.name.startswith("_")
+    )
