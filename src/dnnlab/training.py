@@ -30,6 +30,7 @@ from dnnlab.module import Classifier
 from dnnlab.ranges import shown
 from dnnlab.resume import ResumeSettings, check_resume, resolve_ckpt_path, run_settings
 from dnnlab.summary import ParameterSummary
+from dnnlab.threads import AUTO, ThreadChoice, check_threads, choose_threads
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
 from dnnlab.validation import check_ranges
 
@@ -150,12 +151,14 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     """
     started = time.perf_counter()
     check_ranges(cfg)
+    check_threads(cfg.get("threads", AUTO))  # auto or a count: text is refused here
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     plan = check_resume(cfg, ckpt_path, datamodule) if ckpt_path else None
     if ckpt_path:  # what a writer killed mid-write left beside the checkpoint
         remove_stale_temporaries(Path(ckpt_path).parent)
+    threads = run_threads(cfg, datamodule)
     model = build_model(cfg, datamodule)
     samples = cfg.get("mc_dropout", {}).get("samples", 0) if cfg.get("test") else 0
     if samples:
@@ -167,7 +170,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
         suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
         if not cfg.tune.use_for:  # find only; the printed override trains with it
             metrics = {"lr_find/suggestion": suggestion}
-            write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+            write_summary(cfg, trainer, metrics, time.perf_counter() - started, {}, threads)
             return metrics
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -180,8 +183,16 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
         if samples:
             metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
     metrics.pop("step", None)
-    write_summary(cfg, trainer, metrics, time.perf_counter() - started, tested)
+    write_summary(cfg, trainer, metrics, time.perf_counter() - started, tested, threads)
     return metrics
+
+
+def run_threads(cfg: DictConfig, datamodule: Any) -> ThreadChoice:
+    """Apply the ``threads`` setting for the configured network (see :mod:`dnnlab.threads`)."""
+    input_dim = math.prod(datamodule.input_shape)
+    batch = int(cfg.data.get("batch_size", 32))
+    model = plain(cfg.model)
+    return choose_threads(cfg.get("threads", AUTO), model, input_dim, datamodule.num_classes, batch)
 
 
 def tested_checkpoint(trainer: L.Trainer, resumed_from: str | None) -> str | None:
@@ -225,11 +236,13 @@ def write_summary(
     metrics: dict[str, float],
     seconds: float,
     extra: dict[str, Any] | None = None,
+    threads: ThreadChoice | None = None,
 ) -> None:
     """``metrics.json`` in the run folder (read by scripts/report.py) and TensorBoard's HParams.
 
     The HParams entry is written once, at the end, with the run's real final metrics. ``extra``
-    (which checkpoint was tested) goes into ``metrics.json`` beside them.
+    (which checkpoint was tested) goes into ``metrics.json`` beside them, and so do the thread
+    counts the run used (``threads``), also an HParams column (``threads_used``).
     """
     if not trainer.is_global_zero:
         return
@@ -239,12 +252,15 @@ def write_summary(
         "global_step": trainer.global_step,
         "wall_time_s": round(seconds, 3),
         **(extra or {}),
+        **({"threads": threads.record()} if threads else {}),
         "metrics": metrics,
     }
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     hparams = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith(("paths.", "hydra."))}
+    if threads:
+        hparams["threads_used"] = threads.threads
     hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
