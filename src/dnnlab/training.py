@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from dnnlab.building import build
 from dnnlab.checkpointing import remove_stale_temporaries
@@ -58,17 +56,6 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [build(node, f"logger.{name}") for name, node in nodes.items() if node]
 
 
-def compile_forward(net: nn.Module) -> None:
-    """``torch.compile`` the network's ``forward``; the module, and so its state_dict keys and
-    the checkpoints, stay plain.
-
-    Not ``net.compile()``: on torch 2.13 compiling ``__call__`` in place traced nothing here (no
-    frame compiled, results bit-identical to eager). The compiled forward does not see hooks
-    added later; the gradient diagnostics run their sampled pass eagerly for that.
-    """
-    net.forward = torch.compile(net.forward)
-
-
 def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
     """The module of the config, refused in one line if the machine cannot hold it."""
     model_node, optimizer_node = plain(cfg.model), plain(cfg.optimizer)
@@ -86,7 +73,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         loss=cfg.get("loss", "cross_entropy"),
     )
     if cfg.get("compile"):
-        compile_forward(model.net)
+        model.compile_step()
     transfer = cfg.get("transfer")
     if transfer and transfer.ckpt_path:
         count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers)
