@@ -123,6 +123,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def high_water_mib() -> float:
+    """Peak resident memory of this process since its exec (VmHWM; ru_maxrss would keep the
+    forking parent's peak), else :func:`peak_rss_mib`."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
+
+
 def gpu_peak_mib() -> str:
     if not torch.cuda.is_available():
         return "n/a (CPU)"
@@ -493,7 +505,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rss_probe:  # a fresh process of memory_table's: run it, print its memory
         PROBES[args.rss_probe]()
-        print(json.dumps({"rss": current_rss_mib(), "peak": peak_rss_mib()}))
+        print(json.dumps({"rss": current_rss_mib(), "peak": high_water_mib()}))
         return
     if omp := os.environ.get("OMP_NUM_THREADS"):
         print(f"note: OMP_NUM_THREADS={omp} is set: threads=auto and torch's default use it")

@@ -56,8 +56,16 @@ def main() -> None:
         epoch(Path(sys.argv[1]))
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     rss = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"rss": rss, "peak": peak}))
+    print(json.dumps({"rss": rss, "peak": high_water_mib()}))
+
+
+def high_water_mib() -> float:
+    """This process's peak resident memory: VmHWM, which starts afresh at exec (ru_maxrss keeps
+    the forking parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
