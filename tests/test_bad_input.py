@@ -280,6 +280,15 @@ CASES = [
     ),
     ("seed null", ["seed=null"], r"seed=null is out of range; expected a seed, an integer in "),
     (
+        "threads 0",
+        ["threads=0"],
+        r"^error: threads=0 is out of range; expected auto, or a thread count, an integer >= 1$",
+    ),
+    ("threads fraction", ["threads=1.5"], r"^error: threads=1.5 is out of range; expected auto, "),
+    ("threads text", ["threads=many"], r"^error: threads='many' is out of range; expected auto, "),
+    ("threads boolean", ["threads=true"], r"^error: threads=true is out of range; expected auto, "),
+    ("threads null", ["threads=null"], r"^error: threads=null is out of range; expected auto, "),
+    (
         "misspelled model key added with +",
         ["+model.dropuot=0.2"],
         r"model.dropuot=0.2: unknown key 'dropuot' in model; valid keys: activation, .*, dropout, "

@@ -14,6 +14,7 @@ from conftest import MNIST_DIR, requires_fashion, requires_mnist, write_idx_data
 from dnnlab.config import compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.data.batches import EpochOrder, TensorBatches
+from dnnlab.data.datamodule import load_arrays
 from dnnlab.data.idx import encode_idx
 from dnnlab.data.sources import SPLIT_FILES
 from dnnlab.errors import ConfigError, DataError
@@ -31,7 +32,7 @@ def tiny(tmp_path: Path, **kwargs) -> IdxDataModule:
 def test_loader_on_tiny_idx_files(tmp_path: Path) -> None:
     dm = tiny(tmp_path, val_size=10, batch_size=8, eval_batch_size=7, steps_per_block=3)
     assert [len(dm.tensors[s][0]) for s in ("train", "val", "test")] == [50, 10, 20]
-    x, y = dm.tensors["train"]
+    x, y = dm.inputs("train"), dm.tensors["train"][1]
     assert x.dtype == torch.float32 and x.min() >= 0.0 and x.max() <= 1.0 and y.dtype == torch.int64
     blocks = list(dm.train_dataloader())
     assert len(blocks) == len(dm.train_dataloader()) == 3  # 7 batches of <= 8 in blocks of 3
@@ -120,7 +121,7 @@ def test_standardize_uses_training_statistics(tmp_path: Path) -> None:
     )
     dm.prepare_data()
     dm.setup("fit")
-    train = dm.tensors["train"][0]
+    train = dm.inputs("train")
     assert train.mean().abs() < 1e-4
     assert abs(train.std(dim=0).mean() - 1) < 0.05
 
@@ -153,3 +154,47 @@ def test_test_labels_outside_the_classes_name_their_file(tmp_path: Path) -> None
     dm = IdxDataModule(name="mnist", root=str(folder), download=False, verify=False)
     with pytest.raises(DataError, match=rf"^{labels}: holds label 10, outside MNIST's 10 classes"):
         dm.setup("fit")
+
+
+def old_float_splits(dm: IdxDataModule, standardize: bool) -> dict[str, torch.Tensor]:
+    """The float32 images every split held before batches were converted as they are cut."""
+    arrays = load_arrays(dm.name, str(dm._directory), dm.verify)
+    images = torch.from_numpy(arrays["train_images"]).float().div_(255.0)
+    cut = len(images) - dm.val_size
+    splits = {
+        "train": images[:cut],
+        "val": images[cut:],
+        "test": torch.from_numpy(arrays["test_images"]).float().div_(255.0),
+    }
+    if standardize:
+        mean, std = splits["train"].mean(dim=0), splits["train"].std(dim=0).clamp_min(1e-7)
+        splits = {name: (t - mean) / std for name, t in splits.items()}
+    return splits
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_batches_hold_the_float_values_of_a_converted_dataset_bit_for_bit(
+    tmp_path: Path, standardize: bool
+) -> None:
+    dm = tiny(tmp_path, val_size=10, batch_size=8, steps_per_block=2, standardize=standardize)
+    old = old_float_splits(dm, standardize)
+    loader = dm.train_dataloader()
+    order = loader.sampler.indices(torch.device("cpu"))
+    batches = [x for block in loader for x, _ in block]
+    assert all(x.dtype == torch.float32 for x in batches)
+    assert torch.equal(torch.cat(batches).view(torch.int32), old["train"][order].view(torch.int32))
+    val = torch.cat([x for x, _ in dm.val_dataloader()])
+    assert torch.equal(val.view(torch.int32), old["val"].view(torch.int32))
+    for split in ("train", "val", "test"):
+        assert torch.equal(dm.inputs(split).view(torch.int32), old[split].view(torch.int32))
+
+
+def test_the_images_are_held_once_as_the_cached_uint8_arrays(tmp_path: Path) -> None:
+    dm = tiny(tmp_path, val_size=10)
+    arrays = load_arrays(dm.name, str(dm._directory), dm.verify)
+    train, val = dm.tensors["train"][0], dm.tensors["val"][0]
+    assert train.dtype == val.dtype == torch.uint8
+    start = arrays["train_images"].ctypes.data
+    assert train.data_ptr() == start  # a view of the cached array, not a copy
+    assert val.data_ptr() == start + train.numel()
+    assert dm.tensors["test"][0].data_ptr() == arrays["test_images"].ctypes.data

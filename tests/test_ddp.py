@@ -38,7 +38,7 @@ def test_two_process_cpu_ddp(tmp_path: Path) -> None:
     model = Classifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True)
     datamodule = build_datamodule(compose_config(["data.download=false"], output_dir=tmp_path))
     datamodule.setup("fit")
-    x, y = datamodule.tensors["val"]
+    x, y = datamodule.inputs("val"), datamodule.tensors["val"][1]
     model.eval()
     with torch.no_grad():
         accuracy = (model(x).argmax(1) == y).float().mean().item()

@@ -119,7 +119,7 @@ def test_fast_optimizers_train_faster_than_plain_sgd_at_the_same_lr() -> None:
     """The book's point: momentum and adaptive methods reach lower loss in the same steps."""
     data = IdxDataModule(search_dirs=["/usr/share/datasets/fashion-mnist"], download=False)
     data.setup()
-    x, y = (t[:3200] for t in data.tensors["train"])
+    x, y = data.inputs("train")[:3200], data.tensors["train"][1][:3200]
 
     def final_loss(option: str) -> float:
         torch.manual_seed(0)

@@ -50,8 +50,8 @@ def train(make_config, monkeypatch, direct: bool, overrides=(), run_name="run"):
     chosen: list[type] = []
     original = dnnlab.module.stepper
 
-    def recording_stepper(module, optimizer):
-        chosen.append(type(steps := original(module, optimizer)))
+    def recording_stepper(module, optimizer, update=None):
+        chosen.append(type(steps := original(module, optimizer, update)))
         return steps
 
     monkeypatch.setattr(dnnlab.module, "stepper", recording_stepper)

@@ -174,7 +174,7 @@ def evaluate_split(
     """
     if mc_samples:
         require_dropout(model, mc_samples)  # before the plain pass: fail fast
-    images, targets = datamodule.tensors[split]
+    images, targets = datamodule.inputs(split), datamodule.tensors[split][1]
     model.to(images.device)
     batch_size = datamodule.eval_batch_size
     plain = plain_proba(model, images, batch_size)

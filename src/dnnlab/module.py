@@ -38,7 +38,7 @@ from dnnlab.optimizers import build_optimizer, check_optimizer
 from dnnlab.regularization import Regularization
 from dnnlab.scalars import log_scalars
 from dnnlab.schedules import build_schedule, check_scheduler
-from dnnlab.steps import stepper
+from dnnlab.steps import DirectStep, stepper
 
 Batch = tuple[Tensor, Tensor]
 
@@ -137,6 +137,36 @@ class Classifier(L.LightningModule):
         self.test_acc = MulticlassAccuracy(**accuracy)
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc_best = MaxMetric()
+        self._compiled_losses: Any = None  # compile_step(): forward, loss and penalty as one graph
+        self._compiled_updates: dict[int, Any] = {}  # id(optimizer) -> its compiled step
+
+    def compile_step(self) -> None:
+        """``torch.compile`` the training step between the per-step hooks: the forward, the
+        loss and the penalty as one graph (with its backward, which AOTAutograd compiles
+        with it), and the optimizer's update with the max-norm constraint that follows it as
+        another. The hooks (divergence monitor, diagnostics, clipping) still run between them
+        as in eager mode; the network's own ``forward`` is compiled for evaluation.
+
+        The update is compiled only on the direct step path (:mod:`dnnlab.steps`) and without
+        a schedule, whose changing learning rate would recompile it.
+        """
+        self._compiled_losses = torch.compile(self._losses)
+        self.net.forward = torch.compile(self.net.forward)
+
+    def _update(self, optimizer: Optimizer) -> Any:
+        """The compiled ``optimizer.step`` + max-norm of :meth:`compile_step`, or ``None``."""
+        if self._compiled_losses is None or self.hparams.scheduler:
+            return None
+        compiled = self._compiled_updates.get(id(optimizer))
+        if compiled is None:
+            dense, regularization = self.dense, self.regularization
+
+            def update() -> None:
+                optimizer.step()
+                regularization.constrain(dense)
+
+            compiled = self._compiled_updates[id(optimizer)] = torch.compile(update)
+        return compiled
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` twice per hook call; the parameter, buffer and module
@@ -152,7 +182,9 @@ class Classifier(L.LightningModule):
     # ----------------------------------------------------------------------------- training
     def training_step(self, block: list[Batch], block_idx: int) -> None:
         optimizer = self.optimizers()
-        steps = stepper(self, optimizer)
+        update = self._update(optimizer.optimizer)
+        steps = stepper(self, optimizer, update)
+        constrain = update is None or not isinstance(steps, DirectStep)  # else in the update
         per_step = [c for c in self.trainer.lr_scheduler_configs if c.interval == "step"]
         log_every = self.trainer.log_every_n_steps
         step = self.global_step
@@ -168,7 +200,8 @@ class Classifier(L.LightningModule):
             if self.clipping.active:
                 self.clipping(self, optimizer)
             steps.step()
-            self.regularization.constrain(self.dense)
+            if constrain:
+                self.regularization.constrain(self.dense)
             step += 1
             self.train_totals.update(loss, logits, y)
             if step % log_every == 0:  # before the schedule moves: the LR this step used
@@ -182,6 +215,11 @@ class Classifier(L.LightningModule):
 
         A training step minimizes the loss plus the penalty; ``train/loss`` is the loss alone.
         """
+        if self._compiled_losses is not None:
+            return self._compiled_losses(x, y)
+        return self._losses(x, y)
+
+    def _losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         logits = self(x)
         penalty = self.regularization.penalty(self.dense) if self.regularization.penalizes else None
         return logits, self.loss_fn(logits, y), penalty

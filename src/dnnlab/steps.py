@@ -63,10 +63,17 @@ class DirectStep:
     """
 
     def __init__(
-        self, trainer: L.Trainer, module: L.LightningModule, optimizer: LightningOptimizer
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        optimizer: LightningOptimizer,
+        update: Callable[[], None] | None = None,
     ) -> None:
         self.trainer, self.module, self.optimizer = trainer, module, optimizer
         self.hooks = {name: self._hooks(name) for name in STEP_HOOKS}
+        # What follows the last hook: the optimizer's step (and what the module does right
+        # after it), one compiled graph under compile=true.
+        self.update = update or optimizer.optimizer.step
 
     def _hooks(self, name: str) -> list[Callable[..., Any]]:
         found = [overridden(cb, name) for cb in self.trainer.callbacks]
@@ -95,7 +102,7 @@ class DirectStep:
         wrapped, optimizer = self.optimizer, self.optimizer.optimizer
         wrapped._on_before_step()  # the manual loop's step counter (global_step)
         self._call("on_before_optimizer_step", optimizer)  # the torch optimizer, as Lightning
-        optimizer.step()
+        self.update()
         wrapped._on_after_step()
 
 
@@ -108,9 +115,14 @@ def direct_applies(trainer: L.Trainer) -> bool:
     )
 
 
-def stepper(module: L.LightningModule, optimizer: LightningOptimizer) -> Stepper:
-    """The cheapest path that keeps Lightning's behaviour for this trainer."""
+def stepper(
+    module: L.LightningModule,
+    optimizer: LightningOptimizer,
+    update: Callable[[], None] | None = None,
+) -> Stepper:
+    """The cheapest path that keeps Lightning's behaviour for this trainer; ``update`` (the
+    optimizer's step as one compiled call) replaces the step where the direct path applies."""
     trainer = module.trainer
     if direct_applies(trainer) and hasattr(optimizer, "_on_before_step"):
-        return DirectStep(trainer, module, optimizer)
+        return DirectStep(trainer, module, optimizer, update)
     return LightningStep(module, optimizer)

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from dnnlab.building import build
 from dnnlab.checkpointing import remove_stale_temporaries
@@ -32,6 +30,7 @@ from dnnlab.ranges import shown
 from dnnlab.resume import ResumeSettings, check_resume, resolve_ckpt_path, run_settings
 from dnnlab.run_folders import atomic_write_text
 from dnnlab.summary import ParameterSummary
+from dnnlab.threads import AUTO, ThreadChoice, check_threads, choose_threads
 from dnnlab.transfer import load_lower_layers, transfer_callbacks
 from dnnlab.validation import check_ranges
 
@@ -58,17 +57,6 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return [build(node, f"logger.{name}") for name, node in nodes.items() if node]
 
 
-def compile_forward(net: nn.Module) -> None:
-    """``torch.compile`` the network's ``forward``; the module, and so its state_dict keys and
-    the checkpoints, stay plain.
-
-    Not ``net.compile()``: on torch 2.13 compiling ``__call__`` in place traced nothing here (no
-    frame compiled, results bit-identical to eager). The compiled forward does not see hooks
-    added later; the gradient diagnostics run their sampled pass eagerly for that.
-    """
-    net.forward = torch.compile(net.forward)
-
-
 def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
     """The module of the config, refused in one line if the machine cannot hold it."""
     model_node, optimizer_node = plain(cfg.model), plain(cfg.optimizer)
@@ -86,7 +74,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         loss=cfg.get("loss", "cross_entropy"),
     )
     if cfg.get("compile"):
-        compile_forward(model.net)
+        model.compile_step()
     transfer = cfg.get("transfer")
     if transfer and transfer.ckpt_path:
         count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers)
@@ -152,12 +140,14 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     started = time.perf_counter()
     configure_logging()
     check_ranges(cfg)
+    check_threads(cfg.get("threads", AUTO))  # auto or a count: text is refused here
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     plan = check_resume(cfg, ckpt_path, datamodule) if ckpt_path else None
     if ckpt_path:  # what a writer killed mid-write left beside the checkpoint
         remove_stale_temporaries(Path(ckpt_path).parent)
+    threads = run_threads(cfg, datamodule)
     model = build_model(cfg, datamodule)
     samples = cfg.get("mc_dropout", {}).get("samples", 0) if cfg.get("test") else 0
     if samples:
@@ -169,7 +159,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
         suggestion = tune_learning_rate(cfg, model, datamodule, trainer)
         if not cfg.tune.use_for:  # find only; the printed override trains with it
             metrics = {"lr_find/suggestion": suggestion}
-            write_summary(cfg, trainer, metrics, time.perf_counter() - started)
+            write_summary(cfg, trainer, metrics, time.perf_counter() - started, {}, threads)
             log_end_of_run(cfg.paths.output_dir, metrics, seconds=time.perf_counter() - started)
             return metrics
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -185,11 +175,19 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             metrics.update(evaluate_test_split(cfg, model, datamodule, trainer))
     metrics.pop("step", None)
     seconds = time.perf_counter() - started
-    write_summary(cfg, trainer, metrics, seconds, tested)
+    write_summary(cfg, trainer, metrics, seconds, tested, threads)
     if trainer.is_global_zero:
         epochs, steps = trainer.current_epoch, trainer.global_step
         log_end_of_run(cfg.paths.output_dir, metrics, epochs=epochs, steps=steps, seconds=seconds)
     return metrics
+
+
+def run_threads(cfg: DictConfig, datamodule: Any) -> ThreadChoice:
+    """Apply the ``threads`` setting for the configured network (see :mod:`dnnlab.threads`)."""
+    input_dim = math.prod(datamodule.input_shape)
+    batch = int(cfg.data.get("batch_size", 32))
+    model = plain(cfg.model)
+    return choose_threads(cfg.get("threads", AUTO), model, input_dim, datamodule.num_classes, batch)
 
 
 def tested_checkpoint(trainer: L.Trainer, resumed_from: str | None) -> str | None:
@@ -233,11 +231,13 @@ def write_summary(
     metrics: dict[str, float],
     seconds: float,
     extra: dict[str, Any] | None = None,
+    threads: ThreadChoice | None = None,
 ) -> None:
     """``metrics.json`` in the run folder (read by scripts/report.py) and TensorBoard's HParams.
 
     The HParams entry is written once, at the end, with the run's real final metrics. ``extra``
-    (which checkpoint was tested) goes into ``metrics.json`` beside them.
+    (which checkpoint was tested) goes into ``metrics.json`` beside them, and so do the thread
+    counts the run used (``threads``), also an HParams column (``threads_used``).
     ``metrics.json`` marks a finished run, so it is written whole or not at all (a full disk).
     """
     if not trainer.is_global_zero:
@@ -248,12 +248,15 @@ def write_summary(
         "global_step": trainer.global_step,
         "wall_time_s": round(seconds, 3),
         **(extra or {}),
+        **({"threads": threads.record()} if threads else {}),
         "metrics": metrics,
     }
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
     hparams = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith(("paths.", "hydra."))}
+    if threads:
+        hparams["threads_used"] = threads.threads
     hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):

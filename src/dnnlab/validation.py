@@ -46,6 +46,7 @@ def range_rules() -> dict[str, Rule]:
         optimizers,
         regularization,
         schedules,
+        threads,
         transfer,
     )
     from dnnlab.data import datamodule
@@ -55,6 +56,7 @@ def range_rules() -> dict[str, Rule]:
 
     return {
         "seed": SEED,
+        "threads": threads.RULE,
         **under("optimizer", optimizers.RULES),
         **under("optimizer", optimizers.ITEM_RULES, ITEM),
         **under("scheduler.schedule", schedules.RULES),

@@ -6,7 +6,7 @@ batch here is one indexing operation on a tensor that already lives on the train
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -71,6 +71,7 @@ class TensorBatches:
         batch_size: int,
         sampler: EpochOrder,
         steps_per_block: int | None = None,
+        transform: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -81,6 +82,7 @@ class TensorBatches:
             sampler,
         )
         self.steps_per_block = steps_per_block
+        self.transform = transform  # applied to each batch of images as it is cut (uint8 -> float)
         self.handed_out = 0  # items yielded in the current pass
         self._resume_at: tuple[int, int] | None = None  # (epoch, items to skip) from a checkpoint
 
@@ -96,13 +98,14 @@ class TensorBatches:
     def batches(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The epoch's mini-batches one by one, ignoring blocks, after the first ``skip``."""
         x, y, size = self.images, self.labels, self.batch_size
+        convert = self.transform or (lambda images: images)
         order = self.sampler.indices(x.device)
         if order is None:
             for start in range(skip * size, len(x), size):
-                yield x[start : start + size], y[start : start + size]
+                yield convert(x[start : start + size]), y[start : start + size]
         else:
             for index in order[skip * size :].split(size):
-                yield x[index], y[index]
+                yield convert(x[index]), y[index]
 
     def items(self, skip: int = 0) -> Iterator[Any]:
         """Batches, or blocks of ``steps_per_block`` batches, after the first ``skip`` items."""

@@ -94,11 +94,28 @@ def select_classes(
     return images[keep], new[keep]
 
 
+class Pixels:
+    """uint8 pixels -> the model's float32 inputs: ``x / 255``, standardized when statistics are
+    given. Elementwise, so a batch gets the very values the whole converted split would hold."""
+
+    def __init__(self, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        self.mean, self.std = mean, std
+
+    def __call__(self, images: Tensor) -> Tensor:
+        scaled = images / 255.0  # uint8 / float: float32, equal to images.float().div_(255.0)
+        if self.mean is None:
+            return scaled
+        return (scaled - self.mean) / self.std
+
+
 class IdxDataModule(L.LightningDataModule):
     """Fashion-MNIST or MNIST split as in the book (55k train / 5k valid / 10k test), in memory.
 
-    Pixels are scaled to [0, 1] (optionally standardized per pixel with training statistics) and
-    the tensors are moved once to the training device, so a batch costs one indexing operation.
+    ``tensors`` holds each split's images as stored, uint8 (one copy, that of the cached arrays
+    on the CPU), and its labels, moved once to the training device; each batch is cut from them
+    and scaled to [0, 1] floats as it is cut (optionally standardized per pixel with training
+    statistics): :class:`Pixels`, the same float32 values a float copy of the dataset would hold,
+    at a quarter of its memory. :meth:`inputs` gives a whole split as floats.
     """
 
     def __init__(
@@ -140,7 +157,8 @@ class IdxDataModule(L.LightningDataModule):
         self.on_device, self.seed = on_device, seed
         self.class_ids = self._check_classes(classes)
         self.train_size = train_size
-        self.tensors: dict[str, tuple[Tensor, Tensor]] = {}
+        self.tensors: dict[str, tuple[Tensor, Tensor]] = {}  # images as stored (uint8), labels
+        self.pixels = Pixels()
         self._directory: Path | None = None
 
     def _check_classes(self, classes: Sequence[int] | None) -> list[int] | None:
@@ -188,7 +206,8 @@ class IdxDataModule(L.LightningDataModule):
             self.name, self.root, self.search_dirs, download=False, mirrors=self.mirrors
         )
         arrays = load_arrays(self.name, str(directory), self.verify)
-        images = torch.from_numpy(arrays["train_images"]).float().div_(255.0)
+        # The cached uint8 arrays themselves (no copy): batches are converted as they are cut.
+        images = torch.from_numpy(arrays["train_images"])
         labels = torch.from_numpy(arrays["train_labels"].astype(np.int64))
         if self.val_size >= len(images):
             raise ConfigError(
@@ -197,11 +216,8 @@ class IdxDataModule(L.LightningDataModule):
         train_index, val_index = self._split_indices(len(images))
         train_x, train_y = images[train_index], labels[train_index]
         val_x, val_y = images[val_index], labels[val_index]
-        test_x = torch.from_numpy(arrays["test_images"]).float().div_(255.0)
+        test_x = torch.from_numpy(arrays["test_images"])
         test_y = torch.from_numpy(arrays["test_labels"].astype(np.int64))
-        if self.standardize:
-            mean, std = train_x.mean(dim=0), train_x.std(dim=0).clamp_min(1e-7)
-            train_x, val_x, test_x = ((t - mean) / std for t in (train_x, val_x, test_x))
         splits = {"train": (train_x, train_y), "val": (val_x, val_y), "test": (test_x, test_y)}
         if self.class_ids is not None:
             splits = {name: select_classes(x, y, self.class_ids) for name, (x, y) in splits.items()}
@@ -209,9 +225,19 @@ class IdxDataModule(L.LightningDataModule):
             x, y = splits["train"]
             splits["train"] = (x[: self.train_size], y[: self.train_size])
         device = self._device()
+        self.pixels = Pixels()
+        if self.standardize:  # statistics of the training images, as float32 (then freed)
+            scaled = self.pixels(splits["train"][0])
+            mean, std = scaled.mean(dim=0), scaled.std(dim=0).clamp_min(1e-7)
+            del scaled
+            self.pixels = Pixels(mean.to(device), std.to(device))
         self.tensors = {
             name: (x.contiguous().to(device), y.to(device)) for name, (x, y) in splits.items()
         }
+
+    def inputs(self, split: str) -> Tensor:
+        """A whole split's images as the model's float32 inputs (a new tensor: for evaluation)."""
+        return self.pixels(self.tensors[split][0])
 
     def _split_indices(self, size: int) -> tuple[slice | Tensor, slice | Tensor]:
         """Training and validation parts of the training file (slices where contiguous)."""
@@ -239,7 +265,7 @@ class IdxDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = EpochOrder(len(x), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
-        return TensorBatches(x, y, batch_size, order, steps_per_block)
+        return TensorBatches(x, y, batch_size, order, steps_per_block, self.pixels)
 
     def train_dataloader(self) -> TensorBatches:
         if self.trainer is not None:  # train.py checks it before the processes start
