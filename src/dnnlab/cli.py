@@ -36,6 +36,7 @@ from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseExceptio
 
 from dnnlab.config import CONFIG_DIR, group_options
 from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
+from dnnlab.members import SWEPT, note_swept_keys
 from dnnlab.validation import check_override_types
 
 log = logging.getLogger("dnnlab")
@@ -211,6 +212,7 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
     global show_tracebacks
     failed_jobs.clear()  # this call's jobs only
     os.environ[MAIN_PID] = str(os.getpid())
+    note_swept_keys(sys.argv[1:])  # member folders of a sweep are named by these
     previous = os.environ.get(FULL_ERROR)
     show_tracebacks = previous == "1"
     os.environ[FULL_ERROR] = "1"  # Hydra re-raises instead of printing its own report
@@ -226,6 +228,7 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
         return exit_code(err)
     finally:
         os.environ.pop(MAIN_PID, None)
+        os.environ.pop(SWEPT, None)
         if previous is None:
             os.environ.pop(FULL_ERROR, None)
         else:
