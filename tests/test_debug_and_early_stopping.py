@@ -53,3 +53,28 @@ def test_early_stopping_stops_a_run_that_stopped_improving(tmp_path: Path, make_
 
 def test_early_stopping_is_off_by_default(make_config) -> None:
     assert not any(isinstance(c, EarlyStopping) for c in build_callbacks(make_config()))
+
+
+def test_mlflow_logger_writes_an_offline_file_store(tmp_path: Path, make_config) -> None:
+    pytest.importorskip("mlflow", reason='MLflow is an optional extra: pip install -e ".[mlflow]"')
+    cfg = make_config([*tiny_task(tmp_path / "data"), "logger=[tensorboard,mlflow]"], quick=False)
+    assert cfg.logger.mlflow.tracking_uri == f"file:{cfg.paths.log_dir}/mlflow"
+    run(cfg)
+    store = Path(str(cfg.paths.log_dir)) / "mlflow"
+    assert list(store.rglob("val/acc")) or list(store.rglob("acc")), "val/acc in the file store"
+
+
+def test_mlflow_logger_without_mlflow_is_one_line(tmp_path: Path, make_config) -> None:
+    import importlib.util
+
+    from dnnlab.errors import ConfigError
+    from dnnlab.training import build_loggers
+
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("MLflow is installed")
+    cfg = make_config(["logger=mlflow"])
+    with pytest.raises(
+        ConfigError,
+        match=r'^logger.mlflow: .*MLFlowLogger needs mlflow: pip install -e "\.\[mlflow\]"',
+    ):
+        build_loggers(cfg)

@@ -52,8 +52,20 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [build(node, f"callbacks.{name}") for name, node in nodes.items() if node]
 
 
+# Loggers of optional extras: _target_ suffix -> (module it needs, how to install it).
+OPTIONAL_LOGGERS = {"MLFlowLogger": ("mlflow", 'pip install -e ".[mlflow]" (mlflow-skinny)')}
+
+
 def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Every logger of the ``logger`` group; one whose extra is not installed is one line."""
+    import importlib.util
+
     nodes = cfg.get("logger") or {}
+    for name, node in nodes.items():
+        target = str((node or {}).get("_target_", ""))
+        for suffix, (module, install) in OPTIONAL_LOGGERS.items():
+            if target.endswith(suffix) and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"logger.{name}: {target} needs {module}: {install}")
     return [build(node, f"logger.{name}") for name, node in nodes.items() if node]
 
 
