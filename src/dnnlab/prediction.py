@@ -24,7 +24,7 @@ FORMATS = ".npy, or an IDX images file (-idx3-ubyte, plain or .gz)"
 
 
 def load_inputs(path: str | Path, shape: tuple[int, ...]) -> torch.Tensor:
-    """The images at ``path`` as a float tensor (N, *shape) in [0, 1]; one line for anything else."""
+    """The images at ``path`` as a float tensor (N, *shape) in [0, 1]; one line for others."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{KEY}={str(path)!r}: no such file; give a {FORMATS}")
