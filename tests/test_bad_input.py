@@ -431,7 +431,7 @@ def test_a_failed_sweep_member_does_not_stop_the_others(
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
-    failed, done = sweep / "0", sweep / "1"
+    failed, done = sweep / "0_optimizer.lr=-1", sweep / "1_optimizer.lr=0.05"
     assert "optimizer.lr=-1 is out of range" in (failed / cli.FAILED_FILE).read_text()
     assert f"error: {failed}: optimizer.lr=-1 is out of range" in err
     assert (done / "checkpoints" / "last.ckpt").exists() and not (done / cli.FAILED_FILE).exists()

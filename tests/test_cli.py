@@ -34,8 +34,8 @@ def test_multirun_members_sit_side_by_side(tmp_path: Path) -> None:
     result = train(tmp_path, "-m", *QUICK, "trainer.max_epochs=1", "model.activation=relu,elu")
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
-    members = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in members] == ["0", "1"]
+    members = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert [p.name for p in members] == ["0_model.activation=relu", "1_model.activation=elu"]
     assert "model.activation=relu" in (members[0] / ".hydra" / "overrides.yaml").read_text()
     assert all(list(p.glob("events.out.tfevents.*")) for p in members)
 

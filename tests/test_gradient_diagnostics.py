@@ -14,11 +14,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, requires_fashion
+from conftest import ROOT, requires_fashion, tiny_task
 from dnnlab.config import compose_config
 from dnnlab.diagnostics import GradientDiagnostics
 from dnnlab.diagnostics.callback import FIGURE_FILE, VERDICT_FILE
-from dnnlab.diagnostics.figures import by_epoch, close, grad_norm_vs_depth
+from dnnlab.diagnostics.figures import by_epoch, close, epochs_title, grad_norm_vs_depth
 from dnnlab.diagnostics.layers import activation_stats
 from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import ConfigError, TrainingDiverged
@@ -89,14 +89,16 @@ def test_activation_stats_follow_their_definitions() -> None:
     assert tails == pytest.approx(3 / 6), "sigmoid(6), sigmoid(-9), sigmoid(12) are within 0.01"
 
 
-def test_figure_shows_first_and_last_epochs_at_most_eight_lines() -> None:
+def test_figure_shows_first_and_last_epochs_at_most_ten_lines() -> None:
     lines = by_epoch(list(range(200)), [[1.0, float(e + 1)] for e in range(200)])
     labels = list(lines)
-    assert len(labels) == 8 and labels[0] == "epoch 1" and labels[-1] == "epoch 200"
+    assert len(labels) == 10 and labels[0] == "epoch 1" and labels[-1] == "epoch 200"
+    assert len(by_epoch(list(range(10)), [[1.0]] * 10)) == 10, "the default run: every epoch"
+    assert epochs_title(list(range(200))).endswith("(10 of 200 epochs, evenly spaced)")
     assert list(by_epoch([0, 1, 2], [[1.0]] * 3)) == ["epoch 1", "epoch 2", "epoch 3"]
     figure = grad_norm_vs_depth(lines)
     (axes,) = figure.axes
-    assert axes.get_yscale() == "log" and len(axes.get_lines()) == 8
+    assert axes.get_yscale() == "log" and len(axes.get_lines()) == 10
     assert list(axes.get_lines()[-1].get_ydata()) == [1.0, 200.0]
     close(figure)
     close(grad_norm_vs_depth({"diverged": [math.nan, math.inf, 0.0]}))  # gaps, no error
@@ -155,11 +157,15 @@ def test_deep_sigmoid_net_is_judged_vanishing(make_config) -> None:
     assert norms[0] < 1e-2 * norms[-1], "the gradient shrinks on its way down"
     assert (out / FIGURE_FILE).exists()
     logged = scalars(out)
-    assert [s for s, _ in logged["grad_norm/layer_1"]] == [1, 20, 40, *range(60, 321, 20)]
-    assert {"saturated_fraction/layer_8", "act_std/layer_1", "update_ratio/layer_9"} <= set(logged)
+    assert [s for s, _ in logged["z_grad_norm/layer_1"]] == [1, 20, 40, *range(60, 321, 20)]
+    assert {"z_saturated_fraction/layer_8", "z_act_std/layer_1", "z_update_ratio/layer_9"} <= set(
+        logged
+    )
     assert "custom_scalars__config__" in logged["_tensors"], "one chart per quantity"
-    assert "weights/layer_1" in logged["_histograms"] and "grad_norm_vs_depth" in logged["_images"]
-    assert len(logged["weight_change/layer_9"]) == 2, "one point per epoch"
+    assert (
+        "z_weights/layer_1" in logged["_histograms"] and "z_grad_norm_vs_depth" in logged["_images"]
+    )
+    assert len(logged["z_weight_change/layer_9"]) == 2, "one point per epoch"
 
 
 @requires_fashion
@@ -197,9 +203,9 @@ class ForceNegative(L.Callback):
 def test_dead_fraction_is_one_for_a_layer_forced_negative(make_config) -> None:
     _, out = diagnosed_run(make_config, ["model.activation=relu"], ForceNegative())
     logged = scalars(out)
-    assert {v for _, v in logged["dead_fraction/layer_2"]} == {1.0}
-    assert max(v for _, v in logged["dead_fraction/layer_1"]) < 0.5
-    assert "saturated_fraction/layer_2" not in logged, "ReLU has no flat tails to saturate"
+    assert {v for _, v in logged["z_dead_fraction/layer_2"]} == {1.0}
+    assert max(v for _, v in logged["z_dead_fraction/layer_1"]) < 0.5
+    assert "z_saturated_fraction/layer_2" not in logged, "ReLU has no flat tails to saturate"
 
 
 class ClipGradients(L.Callback):
@@ -216,7 +222,7 @@ def test_gradient_norms_are_logged_before_and_after_clipping(make_config) -> Non
     layers = [f"layer_{i}" for i in (1, 2, 3)]
 
     def total(quantity: str) -> list[float]:
-        per_layer = [[v for _, v in logged[f"{quantity}/{n}"]] for n in layers]
+        per_layer = [[v for _, v in logged[f"z_{quantity}/{n}"]] for n in layers]
         return [math.hypot(*norms) for norms in zip(*per_layer, strict=True)]
 
     assert min(total("grad_norm")) > 0.01, "logged before clipping"
@@ -270,3 +276,89 @@ def test_bad_diagnostics_setting_stops_train_py_with_one_line(tmp_path: Path) ->
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     assert "callbacks.gradient_diagnostics.every_n_steps=0 is out of range; expected" in line
+
+
+# ------------------------------------------------------ what TensorBoard shows (tiny data)
+def diagnosed_tiny_task(folder: Path) -> list[str]:
+    """conftest's tiny task with the diagnostics and TensorBoard on."""
+    off = ("callbacks.gradient_diagnostics=", "logger=")
+    return [o for o in tiny_task(folder) if not o.startswith(off)]
+
+
+def layout_charts(folder: Path) -> dict[str, list[str]]:
+    """The custom-scalar layout a run wrote: section title -> chart titles."""
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    events.Reload()
+    (event,) = events.Tensors("custom_scalars__config__")
+    proto = layout_pb2.Layout()
+    proto.ParseFromString(event.tensor_proto.string_val[0])
+    return {c.title: [chart.title for chart in c.chart] for c in proto.category}
+
+
+@pytest.mark.parametrize(
+    ("activation", "dead"),
+    [("relu", True), ("leaky_relu", False), ("elu", False), ("selu", False)],
+)
+def test_histograms_layout_and_dead_units_fit_the_run(
+    tmp_path: Path, make_config, activation: str, dead: bool
+) -> None:
+    overrides = [
+        *diagnosed_tiny_task(tmp_path / "data"),
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=2",
+        f"model.activation={activation}",
+    ]
+    cfg = make_config(overrides, quick=False)
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    logged = scalars(out)
+    for kind in ("weights", "gradients", "activations"):  # every epoch, every layer
+        assert f"z_{kind}/layer_1" in logged["_histograms"], kind
+    assert "z_activations/layer_3" not in logged["_histograms"], "the output layer has none"
+    assert ("z_dead_fraction/layer_1" in logged) is dead, "only a hard zero can die"
+    charts = layout_charts(out)
+    shown = [title.split(" ")[0] for titles in charts.values() for title in titles]
+    assert ("dead_fraction" in shown) is dead
+    assert "saturated_fraction" not in shown and "grad_norm_clipped" not in shown, "empty charts"
+    assert {"grad_norm", "update_ratio", "act_mean"} <= set(shown)
+
+
+def test_learning_curves_sort_first_and_sit_at_optimizer_steps(tmp_path: Path, make_config) -> None:
+    overrides = [
+        *diagnosed_tiny_task(tmp_path / "data"),
+        "test=true",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=2",
+        "clipping=norm",
+    ]
+    cfg = make_config(overrides, quick=False)
+    run(cfg)
+    logged = scalars(Path(cfg.paths.output_dir))
+    tags = [t for t in logged if not t.startswith("_")]
+    groups = sorted({t.split("/", 1)[0] for t in tags})  # TensorBoard sorts groups by name
+    assert groups[:3] == ["test", "train", "val"], groups
+    assert "epoch" not in logged, "Lightning adds epoch only where no step is logged"
+    last = logged["train/loss"][-1][0]
+    assert last == 8, "2 epochs of 4 steps"
+    assert [s for s, _ in logged["test/acc"]] == [last], "the test at the last optimizer step"
+    assert (
+        "grad_norm_clipped (after clipping)"
+        in layout_charts(Path(cfg.paths.output_dir))["gradients per layer"]
+    )
+
+
+def test_deep_figure_thins_its_ticks_and_keeps_the_legend_off_the_lines() -> None:
+    lines = {f"epoch {e}": [1.0 + e] * 101 for e in range(1, 4)}
+    figure = grad_norm_vs_depth(lines)
+    (axes,) = figure.axes
+    ticks = [t for t in axes.get_xticks() if 1 <= t <= 101]
+    assert 3 <= len(ticks) <= 12 and all(float(t).is_integer() for t in ticks)
+    figure.canvas.draw()
+    legend = axes.get_legend().get_window_extent()
+    assert legend.x0 >= axes.get_window_extent().x1, "beside the axes, not over layer 1"
+    close(figure)
+    shallow = grad_norm_vs_depth({"epoch 1": [1.0, 2.0, 3.0]})
+    assert list(shallow.axes[0].get_xticks()) == [1, 2, 3]
+    close(shallow)

@@ -151,7 +151,7 @@ def test_schedules_drive_the_training_lr_logged_at_every_step(make_config) -> No
     )
     run(cfg)
     logged = scalars(Path(cfg.paths.output_dir))
-    lrs, momenta = dict(logged["lr"]), dict(logged["momentum"])
+    lrs, momenta = dict(logged["train/lr"]), dict(logged["train/momentum"])
     assert sorted(lrs) == list(range(1, 321)), "the LR of every one of the 320 steps"
     peak = max(lrs, key=lrs.__getitem__)
     assert lrs[1] == pytest.approx(0.01) and lrs[peak] == pytest.approx(0.1)
@@ -173,5 +173,5 @@ def test_plateau_schedule_reads_the_monitored_metric_of_the_run(make_config) -> 
         ]
     )
     run(cfg)
-    lrs = dict(scalars(Path(cfg.paths.output_dir))["lr"])
+    lrs = dict(scalars(Path(cfg.paths.output_dir))["train/lr"])
     assert [lrs[160], lrs[320], lrs[480]] == pytest.approx([0.05, 0.025, 0.0125])

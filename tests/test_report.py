@@ -40,12 +40,13 @@ def test_multirun_writes_a_report_and_keeps_failed_members(tmp_path: Path) -> No
     assert float(rows[0]["val_acc_best"].split(" ± ")[0]) > 0.3  # chance: 0.1
     assert (sweep / "val_curves.png").stat().st_size > 10_000
     # A member that died (no metrics.json) is reported as failed; the others keep their rows.
-    dead = sweep / "1"
+    (dead,) = sweep.glob("1_*")
+    assert dead.name == "1_model.activation=relu,seed=2", "named by the swept setting"
     (dead / "metrics.json").unlink()
     (dead / FAILED_FILE).write_text("loss became NaN at step 12\n")
     write_report(sweep)
     rows = list(csv.DictReader((sweep / "report.csv").open()))
-    assert rows[0]["runs"] == "1" and "failed: 1: loss became NaN at step 12" in rows[0]["status"]
+    assert rows[0]["runs"] == "1" and f"failed: {dead.name}: loss became NaN" in rows[0]["status"]
     assert rows[1]["status"] == "ok" and rows[1]["runs"] == "2"
     assert "4 runs, 1 failed" in (sweep / "report.md").read_text()
 

@@ -34,7 +34,7 @@ def test_short_run_learns_and_tests_the_best_checkpoint(make_config) -> None:
     assert metrics["val/acc"] > 0.6 and metrics["test/acc"] > 0.6, "far above chance (0.1)"
     assert metrics["val/acc_best"] >= metrics["val/acc"]
     # x-axis in optimizer steps: 2 epochs x 10 blocks x 16 steps
-    assert logged["train/loss"][-1][0] == 320 and logged["lr"][0][1] == pytest.approx(0.05)
+    assert logged["train/loss"][-1][0] == 320 and logged["train/lr"][0][1] == pytest.approx(0.05)
     assert {"val/acc", "val/loss", "train/acc", "val/acc_best"} <= set(logged)
     assert (out / "checkpoints" / "last.ckpt").exists()
 
@@ -119,7 +119,7 @@ def test_compiled_network_trains_like_the_eager_one_and_saves_plain_checkpoints(
     assert compiled["val/acc"] == pytest.approx(eager["val/acc"], abs=0.02)
     # The diagnostics' sampled passes still see the activations (they run eagerly).
     ours, theirs = scalars(Path(cfg.paths.output_dir)), scalars(Path(eager_cfg.paths.output_dir))
-    acts = sorted(tag for tag in theirs if tag.startswith("act_mean/"))
+    acts = sorted(tag for tag in theirs if tag.startswith("z_act_mean/"))
     assert acts and all(len(ours[tag]) == len(theirs[tag]) > 1 for tag in acts)
     first = [ours[tag][0][1] for tag in acts], [theirs[tag][0][1] for tag in acts]
     assert first[0] == pytest.approx(first[1], rel=1e-4, abs=1e-6), "the same first sample"

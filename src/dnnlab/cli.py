@@ -42,6 +42,7 @@ from dnnlab.config import CONFIG_DIR, group_options
 from dnnlab.console import FILE_ONLY, log_end_of_run
 from dnnlab.environment import ENVIRONMENT_FILE
 from dnnlab.errors import ConfigError, DnnlabError, invalid_choice, one_line, unknown_key
+from dnnlab.members import SWEPT, note_swept_keys
 from dnnlab.report import write_report
 from dnnlab.run_folders import (
     FAILED_FILE,
@@ -328,6 +329,7 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
     failed_jobs.clear()  # this call's jobs only
     sweeps.clear()
     run_folder = ""
+    note_swept_keys(sys.argv[1:])  # member folders of a sweep are named by these
     previous = os.environ.get(FULL_ERROR)
     show_tracebacks = previous == "1"
     os.environ[FULL_ERROR] = "1"  # Hydra re-raises instead of printing its own report
@@ -355,6 +357,7 @@ def entry_point(hydra_main: Callable[[], Any]) -> int:
     finally:
         _finish_sweeps()
         threading.excepthook = thread_hook
+        os.environ.pop(SWEPT, None)
         if previous is None:
             os.environ.pop(FULL_ERROR, None)
         else:

@@ -242,10 +242,10 @@ class Classifier(L.LightningModule):
             self._penalty_sum, self._penalty_steps = 0.0, 0
         for i, group in enumerate(optimizer.param_groups):
             suffix = "" if len(optimizer.param_groups) == 1 else f"_group{i}"
-            metrics[f"lr{suffix}"] = group["lr"]
+            metrics[f"train/lr{suffix}"] = group["lr"]
             momentum = group.get("momentum", group.get("betas", (None,))[0])
             if momentum is not None:
-                metrics[f"momentum{suffix}"] = momentum
+                metrics[f"train/momentum{suffix}"] = momentum
         log_scalars(self.loggers, metrics, step)
 
     def on_train_epoch_start(self) -> None:
@@ -318,6 +318,11 @@ class Classifier(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_loss, self.test_acc, "test")
+
+    def on_test_epoch_end(self) -> None:
+        # A logged ``step`` is Lightning's x-axis for these metrics (and it then adds no
+        # ``epoch`` scalar): the test sits at the last optimizer step, not at Lightning's count.
+        self.log("step", float(self.global_step))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         return self(batch[0]).softmax(dim=-1)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from dnnlab.members import member_number
 from dnnlab.run_folders import FAILED_FILE, atomic_write, atomic_write_text
 
 COLUMNS = {  # report column -> key in metrics.json's metrics
@@ -80,7 +81,7 @@ def load_member(folder: Path) -> Member:
 
 
 def load_members(sweep: Path) -> list[Member]:
-    folders = sorted(sweep.iterdir(), key=lambda p: (len(p.name), p.name))
+    folders = sorted(sweep.iterdir(), key=lambda p: member_number(p.name))
     return [load_member(folder) for folder in folders if (folder / ".hydra").is_dir()]
 
 
@@ -93,6 +94,8 @@ def _cell(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
         return ""
+    if all(float(v).is_integer() for v in values) and len(set(values)) == 1:
+        return str(int(values[0]))  # epochs: 10, not 10.0000
     if len(values) == 1:
         return f"{values[0]:.4f}" if abs(values[0]) < 10 else f"{values[0]:.1f}"
     mean, std = statistics.mean(values), statistics.stdev(values)
@@ -131,24 +134,37 @@ def val_curves(member: Member) -> list[float]:
 
 
 def plot_curves(members: list[Member], keys: list[str], path: Path) -> None:
+    """Validation accuracy per epoch, one line per run; after a single epoch, one bar per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    curves = {}
     for member in members:
         curve = val_curves(member) if member.ok else []
         if curve:
             label = (
                 ", ".join(f"{k}={member.overrides.get(k, '')}" for k in keys) or member.folder.name
             )
+            curves[label] = curve
+    fig, ax = plt.subplots(figsize=(8, 5))
+    epochs = max((len(c) for c in curves.values()), default=0)
+    if epochs == 1:  # a line needs two epochs: a bar per run says the same thing readably
+        ax.bar(range(len(curves)), [c[0] for c in curves.values()], color="tab:blue")
+        ax.set_xticks(range(len(curves)), list(curves), rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"validation accuracy after 1 epoch: {path.parent.name}")
+    else:
+        for label, curve in curves.items():
             ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=label)
-    ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_title(f"validation accuracy per epoch: {path.parent.name}")
+        if ax.lines:
+            ax.legend(fontsize=7)
     ax.set_ylabel("validation accuracy")
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)

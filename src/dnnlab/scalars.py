@@ -15,6 +15,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
+# The first part of every tag that is not a learning curve (diagnostics, parameter counts).
+# TensorBoard sorts tag groups by name and opens the first two: with this prefix the groups
+# test/, train/ and val/ come first, and the diagnostics' groups after them.
+AFTER_CURVES = "z_"
+
 
 @rank_zero_only
 def log_scalars(loggers: Iterable[Any], metrics: Mapping[str, float], step: int) -> None:

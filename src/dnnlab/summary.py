@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from dnnlab.scalars import AFTER_CURVES
+
 log = logging.getLogger(__name__)
 
 
@@ -131,9 +133,9 @@ class ParameterSummary(LightningModelSummary):
         counts = parameter_counts(pl_module)
         log.info("model summary:\n%s", summary_table(pl_module))
         metrics = {
-            "params/total": counts.total,
-            "params/trainable": counts.trainable,
-            "params/non_trainable": counts.non_trainable,
+            f"{AFTER_CURVES}params/total": counts.total,
+            f"{AFTER_CURVES}params/trainable": counts.trainable,
+            f"{AFTER_CURVES}params/non_trainable": counts.non_trainable,
         }
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=0)

@@ -52,8 +52,20 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
     return [build(node, f"callbacks.{name}") for name, node in nodes.items() if node]
 
 
+# Loggers of optional extras: _target_ suffix -> (module it needs, how to install it).
+OPTIONAL_LOGGERS = {"MLFlowLogger": ("mlflow", 'pip install -e ".[mlflow]" (mlflow-skinny)')}
+
+
 def build_loggers(cfg: DictConfig) -> list[Any]:
+    """Every logger of the ``logger`` group; one whose extra is not installed is one line."""
+    import importlib.util
+
     nodes = cfg.get("logger") or {}
+    for name, node in nodes.items():
+        target = str((node or {}).get("_target_", ""))
+        for suffix, (module, install) in OPTIONAL_LOGGERS.items():
+            if target.endswith(suffix) and importlib.util.find_spec(module) is None:
+                raise ConfigError(f"logger.{name}: {target} needs {module}: {install}")
     return [build(node, f"logger.{name}") for name, node in nodes.items() if node]
 
 
@@ -212,17 +224,42 @@ def tested_checkpoint(trainer: L.Trainer, resumed_from: str | None) -> str | Non
     return None
 
 
-def flat_hparams(node: Any, prefix: str = "") -> dict[str, Any]:
-    """The config as flat ``a.b.c`` keys with TensorBoard-friendly values (lists as strings)."""
-    flat: dict[str, Any] = {}
-    for key, value in (plain(node) or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_hparams(value, f"{name}."))
-        else:
-            is_scalar = isinstance(value, (int, float, str, bool))
-            flat[name] = value if is_scalar else str(value)
-    return flat
+# Config groups that are the run's machinery, not its settings: never HParams columns.
+MACHINERY_GROUPS = ("hydra", "paths", "trainer", "callbacks", "logger", "debug")
+CURVES = ("train/", "val/", "test/")  # the tags HParams may show as metrics
+
+
+def hparam_value(value: Any) -> bool | int | float | str:
+    """A value TensorBoard's HParams tab can show (lists and null as text)."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def run_hparams(cfg: DictConfig) -> dict[str, bool | int | float | str]:
+    """The settings that tell runs apart: the chosen option of each config group, every
+    command-line (or sweep) override with its resolved value, and the seed.
+
+    The flattened config would be some 140 columns (``_target_``s, paths that differ in every
+    run); these are what one compares, e.g. ``model.activation`` relu against elu. Outside a
+    Hydra app (a config from :func:`dnnlab.config.compose_config`) no choices are known.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hparams: dict[str, bool | int | float | str] = {}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        for group, option in hydra_cfg.runtime.choices.items():
+            if option is not None and group.split("/")[0] not in MACHINERY_GROUPS:
+                hparams[group] = str(option)
+        parsed = OverridesParser.create().parse_overrides(list(hydra_cfg.overrides.task))
+        for override in parsed:
+            key = override.key_or_group
+            if key in hparams or override.is_delete() or override.is_hydra_override():
+                continue
+            value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+            hparams[key] = hparam_value(plain(value))
+    hparams["seed"] = cfg.get("seed")
+    return hparams
 
 
 def write_summary(
@@ -254,14 +291,30 @@ def write_summary(
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2) + "\n")
-    hparams = {k: v for k, v in flat_hparams(cfg).items() if not k.startswith(("paths.", "hydra."))}
+    hparams = run_hparams(cfg)
     if threads:
         hparams["threads_used"] = threads.threads
-    hp_metrics = {f"hparam/{k}": v for k, v in metrics.items()}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(hparams, hp_metrics)
-            logger.experiment.flush()  # on disk now: its writer thread would flush in 2 minutes
+            write_hparams(logger, hparams, [k for k in metrics if k.startswith(CURVES)])
+
+
+def write_hparams(logger: TensorBoardLogger, hparams: dict[str, Any], metrics: list[str]) -> None:
+    """TensorBoard's HParams entry, its metrics being the run's own curves (their last values);
+    then the event file is flushed and closed.
+
+    Lightning's ``log_hyperparams`` would log every metric again at step 0 (a point at the far
+    left of each chart, in an ``hparam/`` group), and the entry is written after fit and test
+    have closed their writers, so it goes into a new event file that nothing flushed: a process
+    that ended before the writer's periodic flush lost it (one run in nine).
+    """
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    writer = logger.experiment._get_file_writer()  # reopens the file the test closed
+    for summary in hparams_summary(hparams, dict.fromkeys(metrics, 0.0)):
+        writer.add_summary(summary)
+    logger.hparams.update(hparams)  # hparams.yaml keeps them beside the module's
+    logger.finalize("success")  # flush and close now, not whenever the process ends
 
 
 def evaluate_test_split(
@@ -278,6 +331,6 @@ def evaluate_test_split(
     metrics = evaluate_split(model, datamodule, "test", out, samples, seed)
     write_evaluation(out, metrics)
     for logger in trainer.loggers:
-        logger.log_metrics({f"test_eval/{k}": v for k, v in metrics.items()}, trainer.global_step)
+        logger.log_metrics({f"test/{k}": v for k, v in metrics.items()}, trainer.global_step)
     log.info("test set: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics

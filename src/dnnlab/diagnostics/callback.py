@@ -25,8 +25,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from dnnlab.diagnostics.figures import by_epoch, close, grad_norm_vs_depth
+from dnnlab.diagnostics.figures import by_epoch, close, epochs_title, grad_norm_vs_depth
 from dnnlab.diagnostics.layers import (
+    DYING,
     SATURATION,
     activation_layers,
     activation_stats,
@@ -37,7 +38,7 @@ from dnnlab.errors import TrainingDiverged
 from dnnlab.models import dense_layers
 from dnnlab.ranges import Rule, check_all, integers, interval
 from dnnlab.run_folders import atomic_write_text
-from dnnlab.scalars import log_scalars
+from dnnlab.scalars import AFTER_CURVES, log_scalars
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ RULES: dict[str, Rule] = {
     "saturation_eps": interval("a saturation margin", 0, 0.5, "()"),
 }
 ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
+PREFIX = AFTER_CURVES  # every diagnostics tag: its groups sort after the learning curves
 VERDICT_FILE = "gradient_diagnostics.json"
 FIGURE_FILE = "grad_norm_vs_depth.png"
 # What a checkpoint keeps of the samples the verdict and the figures are made from.
@@ -62,16 +64,30 @@ HISTORY = (
     "weight_changes",
 )
 
-# TensorBoard's custom-scalar layout: one chart per quantity, one line per layer (tag regexes).
-LAYOUT = {
-    "gradients per layer": {
-        "grad_norm (before clipping)": ["Multiline", [r"grad_norm/.*"]],
-        "grad_norm_clipped (after clipping)": ["Multiline", [r"grad_norm_clipped/.*"]],
-        "update_ratio (|update| / |weights|)": ["Multiline", [r"update_ratio/.*"]],
-        "weight_change (mean |change| per epoch)": ["Multiline", [r"weight_change/.*"]],
-    },
-    "activations per layer": {name: ["Multiline", [rf"{name}/.*"]] for name in ACTIVATION_STATS},
-}
+
+def tag(quantity: str, layer: str) -> str:
+    """The TensorBoard tag of one layer's ``quantity``: ``z_grad_norm/layer_1``."""
+    return f"{PREFIX}{quantity}/{layer}"
+
+
+def layout(quantities: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """TensorBoard's custom-scalar layout of the quantities this run logs: one chart per
+    quantity, one line per layer (tag regexes); a chart nothing fills is left out."""
+    titles = {
+        "grad_norm": "grad_norm (before clipping)",
+        "grad_norm_clipped": "grad_norm_clipped (after clipping)",
+        "update_ratio": "update_ratio (|update| / |weights|)",
+        "weight_change": "weight_change (mean |change| per epoch)",
+    }
+    charts = {
+        "gradients per layer": [q for q in titles if q in quantities],
+        "activations per layer": [q for q in ACTIVATION_STATS if q in quantities],
+    }
+    return {
+        section: {titles.get(q, q): ["Multiline", [rf"{PREFIX}{q}/.*"]] for q in shown}
+        for section, shown in charts.items()
+        if shown
+    }
 
 
 def _norms(layers: list[nn.Linear]) -> Tensor:
@@ -127,6 +143,7 @@ class GradientDiagnostics(Callback):
         self.activations = activation_layers(pl_module)
         self.names = layer_names(len(self.layers))
         self.saturation = [SATURATION.get(type(a)) for a in self.activations]
+        self.dies = [isinstance(a, DYING) for a in self.activations]
         self.steps: list[int] = []
         self.grad_norms: list[list[float]] = []
         self.activation_history: list[list[list[float]]] = []
@@ -141,13 +158,16 @@ class GradientDiagnostics(Callback):
         self._before_update: list[Tensor] | None = None
         self._epoch_start_weights: list[Tensor] = []
         self._epoch_first_sample = 0
+        self._histogram_epoch = False
+        self._last_grads: list[Tensor | None] = []  # the epoch's last gradients, for histograms
+        self._activation_sample: dict[int, Tensor] = {}  # its last sampled activations
         self.verdict = {}
         if self._restored:  # resumed from a checkpoint, perhaps mid-epoch
             self._apply(self._restored)
             self._restored = {}
         writer = self._writer(trainer)
         if writer is not None:
-            writer.add_custom_scalars(LAYOUT)
+            writer.add_custom_scalars(layout(self._quantities(pl_module)))
         if self._sampled(trainer.global_step + 1):
             self._hold_hooks()
 
@@ -175,6 +195,18 @@ class GradientDiagnostics(Callback):
         ]
         self._epoch_first_sample = state["epoch_first_sample"]
 
+    def _quantities(self, pl_module: L.LightningModule) -> list[str]:
+        """What this run logs: clipped norms only with clipping, dead units only for activations
+        with a hard zero (ReLU), saturation only for sigmoid/tanh."""
+        clipping = getattr(pl_module, "clipping", None)
+        shown = ["grad_norm", "update_ratio", "weight_change"]
+        shown += ["grad_norm_clipped"] if getattr(clipping, "active", False) else []
+        if self.activations:
+            shown += ["act_mean", "act_std"]
+            shown += ["dead_fraction"] if any(self.dies) else []
+            shown += ["saturated_fraction"] if any(s is not None for s in self.saturation) else []
+        return shown
+
     def _writer(self, trainer: L.Trainer) -> Any:
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
@@ -197,15 +229,17 @@ class GradientDiagnostics(Callback):
         self._eager.enter_context(torch.compiler.set_stance("force_eager"))
 
     def _capture(self, index: int) -> Any:
-        saturated = self.saturation[index]
+        saturated, dies = self.saturation[index], self.dies[index]
 
         @torch.compiler.disable  # should anything compile around it: never trace our state
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if module.training:
                 pre = inputs[0]
                 self._captured[index] = activation_stats(
-                    pre, output, saturated, self.saturation_eps
+                    pre, output, saturated, self.saturation_eps, dies
                 )
+                if self._histogram_epoch:  # a copy: a later in-place layer must not change it
+                    self._activation_sample[index] = output.detach().clone()
 
         return hook
 
@@ -260,27 +294,36 @@ class GradientDiagnostics(Callback):
     ) -> None:
         self._finish_update()
         self._flush(trainer)
+        if self._histogram_epoch:
+            # Lightning sets the gradients to None before validation: keep the block's last ones
+            # (references, no copy: the next step's backward makes new tensors).
+            self._last_grads = [layer.weight.grad for layer in self.layers]
 
     def _flush(self, trainer: L.Trainer) -> None:
         """Move the block's samples to the host (one sync) and write them to the loggers."""
         for record in self._pending:
             pre, post = record["pre"].tolist(), record["post"].tolist()
-            metrics = {f"grad_norm/{n}": v for n, v in zip(self.names, pre, strict=True)}
+            metrics = {tag("grad_norm", n): v for n, v in zip(self.names, pre, strict=True)}
             if post != pre:
                 metrics |= {
-                    f"grad_norm_clipped/{n}": v for n, v in zip(self.names, post, strict=True)
+                    tag("grad_norm_clipped", n): v for n, v in zip(self.names, post, strict=True)
                 }
             if "update" in record:
                 ratios = record["update"].tolist()
-                metrics |= {f"update_ratio/{n}": v for n, v in zip(self.names, ratios, strict=True)}
+                metrics |= {
+                    tag("update_ratio", n): v for n, v in zip(self.names, ratios, strict=True)
+                }
             if record["act"] is not None:
                 stats = record["act"].tolist()
-                for name, values, saturates in zip(
-                    self.names, stats, self.saturation, strict=False
+                for name, values, saturates, dies in zip(
+                    self.names, stats, self.saturation, self.dies, strict=False
                 ):
                     for quantity, value in zip(ACTIVATION_STATS, values, strict=True):
-                        if quantity != "saturated_fraction" or saturates:
-                            metrics[f"{quantity}/{name}"] = value
+                        if quantity == "saturated_fraction" and not saturates:
+                            continue
+                        if quantity == "dead_fraction" and not dies:
+                            continue
+                        metrics[tag(quantity, name)] = value
                 self.activation_history.append(stats)
             self.steps.append(record["step"])
             self.grad_norms.append(pre)
@@ -291,6 +334,9 @@ class GradientDiagnostics(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start_weights = [layer.weight.detach().clone() for layer in self.layers]
         self._epoch_first_sample = len(self.steps) + len(self._pending)
+        every = self.histogram_every_n_epochs
+        self._histogram_epoch = bool(every) and (trainer.current_epoch + 1) % every == 0
+        self._last_grads, self._activation_sample = [], {}
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._finish_update()
@@ -303,7 +349,7 @@ class GradientDiagnostics(Callback):
             ]
         ).tolist()
         self.weight_changes.append(changes)
-        metrics = {f"weight_change/{n}": v for n, v in zip(self.names, changes, strict=True)}
+        metrics = {tag("weight_change", n): v for n, v in zip(self.names, changes, strict=True)}
         log_scalars(trainer.loggers, metrics, step)
         epoch_norms = self.grad_norms[self._epoch_first_sample :]
         if epoch_norms:
@@ -314,14 +360,26 @@ class GradientDiagnostics(Callback):
         writer = self._writer(trainer)
         if writer is None:
             return
-        if self.histogram_every_n_epochs and (epoch + 1) % self.histogram_every_n_epochs == 0:
-            for name, layer in zip(self.names, self.layers, strict=True):
-                for kind, values in (("weights", layer.weight), ("gradients", layer.weight.grad)):
-                    if values is not None and bool(values.isfinite().all()):  # diverged: none
-                        writer.add_histogram(f"{kind}/{name}", values.detach(), step)
+        if self._histogram_epoch:
+            self._write_histograms(writer, step)
         if self.figure_every_n_epochs and (epoch + 1) % self.figure_every_n_epochs == 0:
-            figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
-            writer.add_figure("grad_norm_vs_depth", figure, step)  # closes the figure
+            figure = self._figure()
+            writer.add_figure(f"{PREFIX}grad_norm_vs_depth", figure, step)  # closes the figure
+
+    def _write_histograms(self, writer: Any, step: int) -> None:
+        """Weights at the epoch's end, the gradients of its last step and the activations of its
+        last sampled step (the layer after which they come), one histogram per layer."""
+        grads = self._last_grads or [None] * len(self.layers)
+        activations = [self._activation_sample.get(i) for i in range(len(self.names))]
+        for kind, tensors in (
+            ("weights", [layer.weight for layer in self.layers]),
+            ("gradients", grads),
+            ("activations", activations),
+        ):
+            for name, values in zip(self.names, tensors, strict=False):
+                if values is not None and bool(values.isfinite().all()):  # diverged: none
+                    writer.add_histogram(tag(kind, name), values.detach(), step)
+        self._last_grads, self._activation_sample = [], {}
 
     # ------------------------------------------------------------------------------ verdict
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -372,13 +430,19 @@ class GradientDiagnostics(Callback):
         report = {**self.verdict, "thresholds": self.thresholds.as_dict(), **self._history()}
         atomic_write_text(folder / VERDICT_FILE, json.dumps(report, indent=2, allow_nan=True))
         if self.epoch_grad_norms:
-            figure = grad_norm_vs_depth(by_epoch(self.epochs, self.epoch_grad_norms))
+            figure = self._figure()
             figure.savefig(folder / FIGURE_FILE)
             writer = self._writer(trainer)
             if writer is not None and not self.figure_every_n_epochs:  # else already there
-                writer.add_figure("grad_norm_vs_depth", figure, trainer.global_step)  # closes it
+                writer.add_figure(
+                    f"{PREFIX}grad_norm_vs_depth", figure, trainer.global_step
+                )  # closes it
             else:
                 close(figure)
+
+    def _figure(self) -> Any:
+        lines = by_epoch(self.epochs, self.epoch_grad_norms)
+        return grad_norm_vs_depth(lines, epochs_title(self.epochs))
 
     def _history(self) -> dict[str, Any]:
         """Per layer: mean gradient norm and mean absolute weight change of each epoch."""

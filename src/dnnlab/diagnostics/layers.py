@@ -15,6 +15,9 @@ SATURATION: dict[type[nn.Module], SaturationTest] = {
     nn.Sigmoid: lambda y, eps: (y < eps) | (y > 1 - eps),
     nn.Tanh: lambda y, eps: y.abs() > 1 - eps,
 }
+# Activations with a hard zero: a unit whose pre-activation is <= 0 for every example outputs 0
+# and passes no gradient (a dead ReLU). LeakyReLU, PReLU, ELU, SELU, GELU, ... always pass some.
+DYING: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
 
 
 def activation_layers(module: nn.Module) -> list[nn.Module]:
@@ -30,15 +33,17 @@ def layer_names(count: int) -> list[str]:
 
 @torch.no_grad()
 def activation_stats(
-    pre: Tensor, post: Tensor, saturated: SaturationTest | None, eps: float
+    pre: Tensor, post: Tensor, saturated: SaturationTest | None, eps: float, dies: bool = True
 ) -> Tensor:
     """``[mean, std, dead fraction, saturated fraction]`` of one layer on one batch, on the device.
 
     A unit is dead on the batch when its pre-activation is <= 0 for every example (a ReLU outputs
-    0 and passes no gradient); the saturated fraction counts outputs in the flat tails (NaN for an
-    activation without them).
+    0 and passes no gradient; NaN unless ``dies``: an activation without a hard zero); the
+    saturated fraction counts outputs in the flat tails (NaN for an activation without them).
     """
     pre, post = pre.flatten(1).float(), post.flatten(1).float()
     dead = (pre <= 0).all(dim=0).float().mean()
+    if not dies:
+        dead = torch.full_like(dead, torch.nan)
     tails = saturated(post, eps).float().mean() if saturated else torch.full_like(dead, torch.nan)
     return torch.stack([post.mean(), post.std(), dead, tails])
