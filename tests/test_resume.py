@@ -495,3 +495,25 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_is_not_the_best(
     best = torch.load(folder / "epoch_000.ckpt", weights_only=True)
     assert best["global_step"] == 4, "the best stays epoch 1"
     assert (last["epoch"], last["global_step"]) == (2, 12), "last.ckpt holds the run's end"
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        (["trainer.max_epochs=2"], "trainer.max_epochs=2"),
+        (["trainer.max_epochs=1"], "trainer.max_epochs=1"),
+        (["trainer.max_epochs=5", "+trainer.max_steps=8"], "trainer.max_steps=8"),
+    ],
+)
+def test_a_resume_with_nothing_left_to_train_is_refused(
+    limits: list[str], named: str, tmp_path: Path, make_config
+) -> None:
+    """Fewer epochs than done crashed after the data was read; as many trained nothing, exit 0."""
+    task = tiny_task(tmp_path / "data")
+    done = make_config([*task, "trainer.max_epochs=2"], run="done")
+    run(done)
+    last = Path(done.paths.output_dir) / "checkpoints" / "last.ckpt"
+    again = make_config([*task, *limits, f"ckpt_path={last}"], run="again")
+    expected = rf"has trained 2 epochs \(8 optimizer steps\), so {named} leaves nothing to train"
+    with pytest.raises(ConfigError, match=expected):
+        run(again)

@@ -292,6 +292,7 @@ def check_resume(cfg: DictConfig, path: str, datamodule: Any) -> ResumePlan:
     if refused:
         raise checkpoint_error(KEY, Path(path), refusal(refused))
     step = checkpoint.get("global_step", 0)
+    check_left_to_train(cfg, checkpoint, Path(path))
     if changes:
         log.info(
             "resuming %s at step %d; changed since its checkpoint, in effect from here: %s",
@@ -302,6 +303,30 @@ def check_resume(cfg: DictConfig, path: str, datamodule: Any) -> ResumePlan:
     else:
         log.info("resuming %s at step %d with the same settings", path, step)
     return ResumePlan(path, changes)
+
+
+def check_left_to_train(cfg: DictConfig, checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse a resume whose ``trainer.max_epochs``/``max_steps`` the checkpoint has reached.
+
+    Lightning would raise after the data is read (fewer epochs than done) or train nothing and
+    end as if it had (as many): neither continues the run.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {})
+    epochs = progress.get("total", {}).get("processed", 0)  # finished, validation included
+    steps = checkpoint.get("global_step", 0)
+    limits = {
+        "max_epochs": (cfg.trainer.get("max_epochs"), epochs),
+        "max_steps": (cfg.trainer.get("max_steps"), steps),
+    }
+    for key, (limit, done) in limits.items():
+        if limit is not None and limit >= 0 and limit <= done:
+            raise checkpoint_error(
+                KEY,
+                path,
+                f"the checkpoint has trained {epochs} epochs ({steps} optimizer steps), so "
+                f"trainer.{key}={limit} leaves nothing to train; set trainer.{key} above {done} "
+                "to train on",
+            )
 
 
 class ResumeSettings(Callback):
