@@ -159,8 +159,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     plan = check_resume(cfg, ckpt_path, datamodule) if ckpt_path else None
     if ckpt_path:  # what a writer killed mid-write left beside the checkpoint
         remove_stale_temporaries(Path(ckpt_path).parent)
+    model = build_model(cfg, datamodule)  # its settings checked: the thread rule builds it too
     threads = run_threads(cfg, datamodule)
-    model = build_model(cfg, datamodule)
     samples = cfg.get("mc_dropout", {}).get("samples", 0) if cfg.get("test") else 0
     if samples:
         require_dropout(model, samples)  # now, not after the whole training
