@@ -250,6 +250,9 @@ REFUSED_RESUMES = [
         ["trainer.max_epochs=2"],
         r"trainer.max_epochs: 1 -> 2",
     ),
+    # a transfer run's unfreeze adds a param group that a resume without it cannot load
+    ((), ["transfer.freeze_epochs=2"], r"transfer.freeze_epochs: 0 -> 2"),
+    ((), ["transfer.layers=1"], r"transfer.layers: None -> 1"),
     (
         ("optimizer=adagrad",),
         ["optimizer.initial_accumulator_value=0.1"],

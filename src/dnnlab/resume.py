@@ -58,6 +58,9 @@ REFUSED: dict[str, str] = {
     "data.standardize": "the inputs",
     "data.seed": "the batch order (and a random split)",
     "trainer.limit_train_batches": "the length of an epoch",
+    "transfer.ckpt_path": "the reused layers (and, once unfrozen, the optimizer's param groups)",
+    "transfer.layers": "the reused layers (and, once unfrozen, the optimizer's param groups)",
+    "transfer.freeze_epochs": "when the reused layers join the optimizer as a param group",
 }
 # Refused only with a schedule: the schedule's LR starts from optimizer.lr.
 REFUSED_WITH_SCHEDULE: dict[str, str] = {"optimizer.lr": "the schedule's starting point"}
