@@ -111,11 +111,16 @@ def test_a_sweep_folder_used_twice_is_refused(tmp_path: Path, monkeypatch, capsy
     ]
 
 
-def test_sweep_members_sharing_one_folder_are_refused(tmp_path: Path, monkeypatch, capsys) -> None:
-    args = ["-m", *tiny(tmp_path), "hydra.sweep.subdir=same", "seed=1,2"]
+@pytest.mark.parametrize("subdir", ["same", "${hydra.job.name}"])
+def test_sweep_members_sharing_one_folder_are_refused(
+    subdir: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """``${hydra.job.name}`` is the same for every member: the second rewrote the first's
+    saved config beside the first's checkpoints before it was refused."""
+    args = ["-m", *tiny(tmp_path), f"hydra.sweep.subdir={subdir}", "seed=1,2"]
     assert call_train(args, monkeypatch, tmp_path) == 2
     line = error_line(capsys.readouterr().err)
-    assert "hydra.sweep.subdir='same' names the same folder for every member" in line
+    assert f"hydra.sweep.subdir={subdir!r} names the same folder for every member" in line
     assert not (tmp_path / "logs").exists()
 
 

@@ -83,7 +83,8 @@ def check_new_folder(folder: Path, key: str, own: tuple[str, ...] = ()) -> None:
 
 def check_member_folders(subdir: str) -> None:
     """A sweep's member folder must differ from member to member (``hydra.sweep.subdir``)."""
-    if "hydra.job." not in subdir and "hydra:job." not in subdir:
+    per_member = ("job.num", "job.id", "job.override_dirname")  # job.name is the same for all
+    if not any(f"hydra{sep}{key}" in subdir for key in per_member for sep in ".:"):
         raise ConfigError(
             f"hydra.sweep.subdir={subdir!r} names the same folder for every member; "
             "include ${hydra.job.num} (the default) or ${hydra.job.override_dirname}"
