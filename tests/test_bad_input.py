@@ -327,6 +327,20 @@ CASES = [
         r"optimizer._target_='builtins.dict' must name a torch.optim.Optimizer subclass",
     ),
     (
+        "an optimizer that needs a closure",
+        ["optimizer._target_=torch.optim.LBFGS", "~optimizer.momentum", "~optimizer.weight_decay"],
+        r"optimizer._target_='torch.optim.LBFGS' needs a closure at every step",
+    ),
+    (
+        "an optimizer for sparse gradients",
+        [
+            "optimizer._target_=torch.optim.SparseAdam",
+            "~optimizer.momentum",
+            "~optimizer.weight_decay",
+        ],
+        r"optimizer._target_='torch.optim.SparseAdam' takes sparse gradients only",
+    ),
+    (
         "a network larger than memory",
         ["model.hidden=[1000000000]"],
         r"model.hidden=\[1000000000\]: the network has 795,000,000,010 parameters: 2.89 TiB as "

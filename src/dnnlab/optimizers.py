@@ -7,11 +7,12 @@ known value is checked against its meaning and reported as one line naming ``opt
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
-from torch.optim import SGD, Adagrad, Optimizer, RMSprop
+from torch.optim import SGD, Adagrad, Optimizer, RMSprop, SparseAdam
 
 from dnnlab.building import build, check_arguments, target_of
 from dnnlab.errors import ConfigError
@@ -54,6 +55,18 @@ def optimizer_class(node: Mapping[str, Any], key: str = "optimizer") -> type[Opt
         raise ConfigError(
             f"{key}._target_={node.get('_target_')!r} must name a torch.optim.Optimizer subclass "
             "(e.g. torch.optim.SGD)"
+        )
+    closure = inspect.signature(target.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(
+            f"{key}._target_={node.get('_target_')!r} needs a closure at every step (it "
+            "re-evaluates the loss, as L-BFGS does); training takes one step per mini-batch: "
+            "choose a first-order optimizer (e.g. torch.optim.SGD)"
+        )
+    if issubclass(target, SparseAdam):
+        raise ConfigError(
+            f"{key}._target_={node.get('_target_')!r} takes sparse gradients only; the MLP's "
+            "are dense: use torch.optim.Adam"
         )
     return target
 
