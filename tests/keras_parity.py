@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from typing import Any
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere
 
 import keras
+from absl import logging as absl_logging
+
 import lightning as L
 import numpy as np
 import torch
@@ -31,6 +34,11 @@ from torch import nn
 
 from dnnlab.config import compose_config
 from dnnlab.training import build_model
+
+# Keras brings absl, whose log handler keeps the sys.stderr of its import (pytest's capture file
+# while tests are collected) and closes that stream when logging.config clears the handlers, as
+# Hydra does for every in-process run: point it at the real stderr, which it never closes.
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 INPUTS, CLASSES, BATCH = 24, 10, 32
 BATCHES_PER_EPOCH, EPOCHS = 10, 10
