@@ -25,11 +25,10 @@ from typing import Any
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported anywhere
 
 import keras
-from absl import logging as absl_logging
-
 import lightning as L
 import numpy as np
 import torch
+from absl import logging as absl_logging
 from torch import nn
 
 from dnnlab.config import compose_config
