@@ -53,3 +53,27 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_key(
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"ckpt_path='.*nowhere.ckpt': no such checkpoint file"):
         read_checkpoint(tmp_path / "nowhere.ckpt", "ckpt_path")
+
+
+def test_a_folder_names_the_checkpoint_to_give(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"state_dict": {}}, tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(
+        ConfigError, match=r"is a folder; give a checkpoint file in it: .*last.ckpt$"
+    ):
+        read_checkpoint(tmp_path, "transfer.ckpt_path")
+
+
+def test_a_downloaded_file_gets_the_users_umask(tmp_path: Path) -> None:
+    import os
+
+    from dnnlab.data.sources import _store
+
+    mask = os.umask(0o022)
+    try:
+        _store(tmp_path / "data", "train-labels-idx1-ubyte.gz", b"payload")
+    finally:
+        os.umask(mask)
+    path = tmp_path / "data" / "train-labels-idx1-ubyte.gz"
+    assert path.read_bytes() == b"payload" and path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left"

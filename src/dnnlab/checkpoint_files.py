@@ -40,12 +40,21 @@ def damage(path: Path) -> str | None:
     return None
 
 
+def require_file(path: Path, key: str, hint: str = "") -> None:
+    """``path`` is a file; a folder (a run folder, most likely) or nothing is one line."""
+    if path.is_dir():
+        last = path / "checkpoints" / "last.ckpt"
+        example = last if last.is_file() else path / "<file>.ckpt"
+        raise checkpoint_error(key, path, f"is a folder; give a checkpoint file in it: {example}")
+    if not path.is_file():
+        raise checkpoint_error(key, path, f"no such checkpoint file{hint}")
+
+
 def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     """The checkpoint at ``path`` (``key`` names the setting that gave it), loaded on the CPU
     with ``weights_only=True``; a :class:`ConfigError` in one line for anything else."""
     path = Path(path)
-    if not path.is_file():
-        raise checkpoint_error(key, path, "no such checkpoint file")
+    require_file(path, key)
     problem = damage(path)
     if problem is None:
         try:

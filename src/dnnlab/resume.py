@@ -27,7 +27,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from dnnlab.checkpoint_files import checkpoint_error, read_checkpoint
+from dnnlab.checkpoint_files import checkpoint_error, read_checkpoint, require_file
 from dnnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,7 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if value is None:
         return None
     if str(value) != LAST:
-        if not Path(str(value)).is_file():
-            raise ConfigError(
-                f"ckpt_path={value!r}: no such checkpoint file (or use ckpt_path=last)"
-            )
+        require_file(Path(str(value)), KEY, " (or use ckpt_path=last)")
         return str(value)
     runs = Path(str(cfg.paths.log_dir)) / "runs" / str(cfg.name)
     found = latest_checkpoint(runs, exclude=Path(str(cfg.paths.output_dir)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from dnnlab.data.idx import read_idx_bytes
 from dnnlab.errors import DataError, lookup
+from dnnlab.run_folders import atomic_write
 
 SPLIT_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -128,13 +128,7 @@ def _store(root: Path, name: str, payload: bytes) -> None:
     leaves no folder behind. The file takes its final name only once it is whole."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, root / name)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(root / name, lambda f: f.write(payload))  # the user's umask, as any output
     except OSError as err:
         raise DataError(f"cannot write {root / name} ({err})") from None
 
