@@ -361,7 +361,11 @@ def test_a_resume_from_a_moved_run_tests_the_best_checkpoint_that_exists(
             if case == "gone":
                 (moved / "checkpoints" / Path(old_best).name).unlink()
             cfg = compose_config(
-                [*overrides, f"ckpt_path={moved / 'checkpoints' / 'last.ckpt'}"],
+                [
+                    *overrides,
+                    "trainer.max_epochs=2",
+                    f"ckpt_path={moved / 'checkpoints' / 'last.ckpt'}",
+                ],
                 output_dir=tmp_path / run_dir,
             )
             metrics = run(cfg)
