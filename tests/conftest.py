@@ -200,3 +200,11 @@ def tiny_task(folder: Path) -> list[str]:
         "test=false",
         "model.hidden=[16,16]",
     ]
+
+
+def member_folder(sweep: Path, number: int) -> Path:
+    """Sweep member ``number``'s folder, named ``<number>`` or ``<number>_<setting>``."""
+    from dnnlab.members import member_number
+
+    (folder,) = [p for p in sweep.iterdir() if p.is_dir() and member_number(p.name)[0] == number]
+    return folder

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 from tensorboard.compat.tensorflow_stub.io import gfile
 
-from conftest import run_script, write_idx_dataset
+from conftest import member_folder, run_script, write_idx_dataset
 from dnnlab import cli
 from dnnlab.config import CONFIG_DIR
 from test_bad_input import call_train
@@ -139,7 +139,7 @@ def test_name_is_one_plain_folder_name(name: str, tmp_path: Path, monkeypatch, c
 
 def crash_sweep_checks(sweep: Path, err: str) -> None:
     """Member 0 crashed (a bug), member 1 trained; the report lists both."""
-    crashed, done = sweep / "0", sweep / "1"
+    crashed, done = member_folder(sweep, 0), member_folder(sweep, 1)
     reason = "RuntimeError: boom: a bug in a callback (a bug: traceback in train.log)"
     assert (crashed / cli.FAILED_FILE).read_text().splitlines()[0] == reason
     assert "Traceback" in (crashed / "train.log").read_text() and "Traceback" in err
@@ -147,7 +147,7 @@ def crash_sweep_checks(sweep: Path, err: str) -> None:
     assert (done / "metrics.json").exists() and not (done / cli.FAILED_FILE).exists()
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert [r["callbacks.crash.fail"] for r in rows] == ["True", "False"]
-    assert [r["status"] for r in rows] == [f"failed: 0: {reason}", "ok"]
+    assert [r["status"] for r in rows] == [f"failed: {crashed.name}: {reason}", "ok"]
     assert "2 runs, 1 failed" in (sweep / "report.md").read_text()
     assert (sweep / "val_curves.png").stat().st_size > 0
 
@@ -315,8 +315,8 @@ def test_the_optuna_example_searches_lists_of_hidden_sizes(
     (sweep,) = (tmp_path / "logs" / "multiruns" / "optuna").iterdir()
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert {"optimizer.lr", "model.hidden"} <= set(best["best_params"])
-    for member in "01":
-        trained = OmegaConf.load(sweep / member / ".hydra" / "config.yaml")
+    for member in (0, 1):
+        trained = OmegaConf.load(member_folder(sweep, member) / ".hydra" / "config.yaml")
         assert list(trained.model.hidden) in ([300, 100], [100, 100, 100]), "a list, not text"
 
 
