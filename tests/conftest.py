@@ -52,6 +52,16 @@ def restore_logging() -> Iterator[None]:
     root.handlers[:], root.level = handlers, level
 
 
+@pytest.fixture(autouse=True)
+def forget_hydra_config() -> Iterator[None]:
+    """An in-process Hydra run leaves its config in the ``HydraConfig`` singleton; code that
+    asks it (the LR finder's printed command) would see the previous test's command line."""
+    yield
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().cfg = None
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., object]:
     """Compose ``train.yaml`` with the quick settings, writing into this test's folder."""
