@@ -24,6 +24,7 @@ from conftest import (
     damage_file,
     grey_images,
     load_script,
+    member_folder,
     requires_fashion,
     tiny_data,
     write_checkpoint,
@@ -466,7 +467,7 @@ def test_a_parallel_launchers_failed_member_sets_the_exit_code(tmp_path: Path) -
     )
     assert result.returncode == 2, result.stderr[-2000:]
     (sweep,) = (tmp_path / "logs" / "multiruns" / "default").iterdir()
-    assert all((sweep / n / cli.FAILED_FILE).exists() for n in "01")
+    assert all((member_folder(sweep, n) / cli.FAILED_FILE).exists() for n in (0, 1))
 
 
 @pytest.mark.parametrize(

@@ -80,7 +80,7 @@ def test_lr_find_feeds_max_lr_to_one_cycle_and_trains(make_config) -> None:
     out = Path(cfg.paths.output_dir)
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["hyper_parameters"]["scheduler"]["schedule"]["max_lr"] == max_lr
-    lrs = [v for _, v in scalars(out)["lr"]]
+    lrs = [v for _, v in scalars(out)["train/lr"]]
     assert max(lrs) == pytest.approx(max_lr, rel=0.02), "1cycle peaked at the suggestion"
 
 
