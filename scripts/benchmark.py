@@ -522,7 +522,9 @@ def main() -> None:
             )
         print(f"{name}: {WORKLOADS[name][0]}, {results[name].steps} steps of batch 32", flush=True)
     lines += speed_table(results) if results else []
-    if results and (importlib.util.find_spec("keras") is None or not args.keras_repeats):
+    if results and not args.keras_repeats:
+        lines += ["- Keras fit: not measured in this run (`--keras-repeats 0`)"]
+    elif results and importlib.util.find_spec("keras") is None:
         lines += ["- Keras fit: not measured (Keras is not installed; `pip install keras`)"]
     lines += long_lines
     if args.busy:
