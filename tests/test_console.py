@@ -236,6 +236,8 @@ def test_ckpt_path_last_skips_a_fast_dev_run_folder_of_an_older_version(tmp_path
         (train_script, ["model.hidden=3"], "runs"),
         (train_script, ["~optimizer"], "runs"),
         (eval_script, ["ckpt_path=x.ckpt", "mc_dropout.samples=-1"], "evals"),
+        (train_script, ["ckpt_path=nowhere.ckpt"], "runs"),
+        (eval_script, ["ckpt_path=nowhere.ckpt"], "evals"),
     ],
 )
 def test_a_refused_command_line_leaves_no_run_folder(

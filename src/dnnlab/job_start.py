@@ -46,6 +46,20 @@ def check_before_run_folder(config: DictConfig) -> None:
     task = task_config(config)
     check_command_line(task)
     check_ranges(task)
+    check_named_checkpoint(task, resumes=config.hydra.job.config_name == "train")
+
+
+def check_named_checkpoint(task: DictConfig, resumes: bool) -> None:
+    """A ``ckpt_path`` given as a file (train.py's resume, eval.py's checkpoint) exists."""
+    from pathlib import Path
+
+    from dnnlab.checkpoint_files import require_file
+    from dnnlab.resume import LAST
+
+    value = task.get("ckpt_path")
+    if isinstance(value, str) and value not in (LAST, "???"):
+        hint = " (or use ckpt_path=last)" if resumes else ""
+        require_file(Path(value), "ckpt_path", hint)
 
 
 class RunStart(Callback):
