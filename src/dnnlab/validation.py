@@ -87,11 +87,12 @@ def choices() -> dict[str, Collection[str]]:
     """Dotted key -> its valid names, for settings whose builder runs only once the data is
     read, or not at all (``transfer.frozen_bn`` without freezing). Built on first use, as
     :func:`range_rules`."""
-    from dnnlab import schedules, transfer
+    from dnnlab import evaluation, schedules, transfer
 
     return {
         "transfer.frozen_bn": transfer.FROZEN_BN_MODES,
         "scheduler.interval": schedules.INTERVALS,
+        "split": evaluation.SPLITS,  # eval.py's
     }
 
 
