@@ -238,6 +238,7 @@ def test_ckpt_path_last_skips_a_fast_dev_run_folder_of_an_older_version(tmp_path
         (eval_script, ["ckpt_path=x.ckpt", "mc_dropout.samples=-1"], "evals"),
         (train_script, ["ckpt_path=nowhere.ckpt"], "runs"),
         (eval_script, ["ckpt_path=nowhere.ckpt"], "evals"),
+        (eval_script, [], "evals"),  # no ckpt_path at all
     ],
 )
 def test_a_refused_command_line_leaves_no_run_folder(

@@ -23,8 +23,9 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from dnnlab.errors import ConfigError
 from dnnlab.run_folders import Refused
 
 
@@ -56,8 +57,13 @@ def check_named_checkpoint(task: DictConfig, resumes: bool) -> None:
     from dnnlab.checkpoint_files import require_file
     from dnnlab.resume import LAST
 
+    if OmegaConf.is_missing(task, "ckpt_path"):  # eval.py's, which has no default
+        raise ConfigError(
+            "ckpt_path is required: give the checkpoint to evaluate, e.g. "
+            "ckpt_path=logs/runs/<name>/<run>/checkpoints/last.ckpt"
+        )
     value = task.get("ckpt_path")
-    if isinstance(value, str) and value not in (LAST, "???"):
+    if isinstance(value, str) and value != LAST:
         hint = " (or use ckpt_path=last)" if resumes else ""
         require_file(Path(value), "ckpt_path", hint)
 
