@@ -269,6 +269,8 @@ def train(member: Member, seed: int, runs: Path) -> dict[str, float]:
     if member.needs:
         source = run_dir(runs, member.needs, seed) / "checkpoints" / "last.ckpt"
         overrides.append(f"transfer.ckpt_path={source}")
+    if out.exists():  # a killed earlier run of this script: keep its folder, start afresh
+        out.rename(out.with_name(f"{out.name}.killed-{time.strftime('%Y%m%d-%H%M%S')}"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     started = time.perf_counter()
     done = subprocess.run(
