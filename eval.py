@@ -12,13 +12,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import entry_point, run_job
+from dnnlab.app.cli import entry_point, run_job
 
 log = logging.getLogger("dnnlab")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    from dnnlab.evaluation import evaluate_checkpoint  # here: --help/--cfg need no torch
+    from dnnlab.evaluate.evaluation import evaluate_checkpoint  # here: --help/--cfg need no torch
 
     metrics = evaluate_checkpoint(
         cfg.ckpt_path, cfg.paths.output_dir, cfg.split, cfg.mc_dropout.samples, cfg.mc_dropout.seed

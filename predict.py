@@ -11,8 +11,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from dnnlab.cli import entry_point, run_job
-from dnnlab.prediction import predict
+from dnnlab.app.cli import entry_point, run_job
+from dnnlab.evaluate.prediction import predict
 
 log = logging.getLogger("dnnlab")
 

@@ -5,7 +5,7 @@ process, on the same in-memory tensors, alternating so that machine noise hits e
 
 - ``hand loop``: a minimal hand-written PyTorch loop, the same model, optimizer, batch order and
   validation pass: the floor;
-- ``dnnlab``: ``dnnlab.training.run`` with the defaults (TensorBoard, checkpoints, divergence
+- ``dnnlab``: ``dnnlab.train.run.run`` with the defaults (TensorBoard, checkpoints, divergence
   monitor, gradient diagnostics);
 - ``dnnlab, diagnostics off``: the same with ``callbacks.gradient_diagnostics=null``;
 - ``dnnlab, compile=true``: the defaults with the network's forward compiled; the second of two
@@ -15,7 +15,7 @@ process, on the same in-memory tensors, alternating so that machine noise hits e
   epoch, after the tracing of the first.
 
 Every path runs with the same torch thread count: ``threads=auto``'s for the workload (see
-``dnnlab.threads``), or ``--threads N``.
+``dnnlab.train.threads``), or ``--threads N``.
 
 With ``--long-epochs N``, first (while the process has run nothing else), one N-epoch run of the
 default workload records each epoch's steps/s and the process's resident memory, to show that
@@ -60,12 +60,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from dnnlab.config import compose_config
+from dnnlab.app.compose import compose_config
 from dnnlab.data import IdxDataModule
-from dnnlab.models import build_mlp
-from dnnlab.optimizers import build_optimizer
-from dnnlab.threads import TORCH_DEFAULT, choose_threads
-from dnnlab.training import build_datamodule, plain, run
+from dnnlab.model import build_mlp
+from dnnlab.optim.optimizers import build_optimizer
+from dnnlab.train.run import build_datamodule, plain, run
+from dnnlab.train.threads import TORCH_DEFAULT, choose_threads
 
 COMMON = [
     "trainer.max_epochs=1",

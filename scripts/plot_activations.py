@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's code, whatever is installed
 
-from dnnlab.plots import PLOTTED, plot_activations  # noqa: E402
+from dnnlab.evaluate.plots import PLOTTED, plot_activations  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dnnlab.report import write_report
+from dnnlab.evaluate.report import write_report
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from dnnlab.diagnostics.callback import VERDICT_FILE
-from dnnlab.diagnostics.figures import close, grad_norm_vs_depth
+from dnnlab.callbacks.diagnostics.callback import VERDICT_FILE
+from dnnlab.callbacks.diagnostics.figures import close, grad_norm_vs_depth
 
 
 def final_metrics(folder: Path) -> dict[str, float]:

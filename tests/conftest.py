@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's code, whatever is installed
 
-from dnnlab.config import compose_config  # noqa: E402
+from dnnlab.app.compose import compose_config  # noqa: E402
 from dnnlab.data.idx import encode_idx  # noqa: E402
 from dnnlab.data.sources import SPLIT_FILES  # noqa: E402
 
@@ -124,8 +124,8 @@ def write_checkpoint(
     import lightning as L
     import torch
 
-    from dnnlab.module import Classifier
-    from dnnlab.training import plain
+    from dnnlab.train.module import Classifier
+    from dnnlab.train.run import plain
 
     cfg = compose_config(overrides)
     model = Classifier(plain(cfg.model), plain(cfg.optimizer), num_classes=num_classes)
@@ -183,7 +183,7 @@ def load_script(name: str) -> ModuleType:
 
 def call_script(script: ModuleType, args: Sequence[str], monkeypatch, tmp_path: Path) -> int:
     """``python <script> args`` in this process, writing under ``tmp_path``: its exit code."""
-    from dnnlab import cli
+    from dnnlab.app import cli
 
     monkeypatch.setenv("DNNLAB_ROOT", str(tmp_path))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
@@ -214,7 +214,7 @@ def tiny_task(folder: Path) -> list[str]:
 
 def member_folder(sweep: Path, number: int) -> Path:
     """Sweep member ``number``'s folder, named ``<number>`` or ``<number>_<setting>``."""
-    from dnnlab.members import member_number
+    from dnnlab.app.members import member_number
 
     (folder,) = [p for p in sweep.iterdir() if p.is_dir() and member_number(p.name)[0] == number]
     return folder

@@ -31,8 +31,8 @@ import torch
 from absl import logging as absl_logging
 from torch import nn
 
-from dnnlab.config import compose_config
-from dnnlab.training import build_model
+from dnnlab.app.compose import compose_config
+from dnnlab.train.run import build_model
 
 # Keras brings absl, whose log handler keeps the sys.stderr of its import (pytest's capture file
 # while tests are collected) and closes that stream when logging.config clears the handlers, as

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from dnnlab.errors import ConfigError
-from dnnlab.models.activations import ACTIVATIONS, build_activation
-from dnnlab.plots import PLOTTED, activation_curves, plot_activations
+from dnnlab.evaluate.plots import PLOTTED, activation_curves, plot_activations
+from dnnlab.model.activations import ACTIVATIONS, build_activation
 
 X = torch.linspace(-4, 4, 801)
 

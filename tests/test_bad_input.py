@@ -30,12 +30,13 @@ from conftest import (
     write_checkpoint,
     write_idx_dataset,
 )
-from dnnlab import cli, memory
+from dnnlab.app import cli
+from dnnlab.app.checks import check_ranges
 from dnnlab.data.idx import encode_idx
 from dnnlab.data.sources import SPLIT_FILES
 from dnnlab.errors import ConfigError
-from dnnlab.module import Classifier
-from dnnlab.validation import check_ranges
+from dnnlab.train import memory
+from dnnlab.train.module import Classifier
 
 train_script = load_script("train.py")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from dnnlab.config import compose_config
+from dnnlab.app.compose import compose_config
 
 
 def load():

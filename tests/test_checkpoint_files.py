@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnnlab.checkpoint_files import read_checkpoint
+from conftest import write_checkpoint
 from dnnlab.errors import ConfigError
+from dnnlab.train.checkpoint_files import read_checkpoint
 
 
 def damaged(tmp_path: Path, how: str) -> Path:
@@ -77,3 +78,24 @@ def test_a_downloaded_file_gets_the_users_umask(tmp_path: Path) -> None:
     path = tmp_path / "data" / "train-labels-idx1-ubyte.gz"
     assert path.read_bytes() == b"payload" and path.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in path.parent.iterdir()] == [path.name], "no temporary file is left"
+
+
+def test_checkpoint_from_before_the_package_folders_names_current_targets(tmp_path: Path) -> None:
+    """Settings saved when schedules and the Keras optimizers lived in flat modules still build:
+    the reader renames their targets, so such a checkpoint resumes, transfers and evaluates."""
+    from dnnlab.building import target_of
+
+    path = write_checkpoint(tmp_path / "old.ckpt")
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["hyper_parameters"]["scheduler"] = {
+        "schedule": {"_target_": "dnnlab.schedules.exponential", "s": 20},
+        "interval": "step",
+    }
+    checkpoint["hyper_parameters"]["optimizer"]["_target_"] = "dnnlab.optimizers_keras.SGD"
+    torch.save(checkpoint, path)
+    hparams = read_checkpoint(path, "ckpt_path")["hyper_parameters"]
+    schedule = hparams["scheduler"]["schedule"]
+    assert schedule == {"_target_": "dnnlab.optim.schedules.exponential", "s": 20}
+    assert hparams["optimizer"]["_target_"] == "dnnlab.optim.keras.SGD"
+    assert callable(target_of(schedule, "scheduler.schedule"))
+    assert callable(target_of(hparams["optimizer"], "optimizer"))

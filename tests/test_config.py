@@ -10,9 +10,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from dnnlab.config import CONFIG_DIR, compose_config
-from dnnlab.training import build_callbacks, build_loggers
-from dnnlab.validation import check_ranges
+from dnnlab.app.checks import check_ranges
+from dnnlab.app.compose import CONFIG_DIR, compose_config
+from dnnlab.train.run import build_callbacks, build_loggers
 
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml"))]

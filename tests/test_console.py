@@ -16,15 +16,15 @@ import torch
 from torch import nn
 
 from conftest import QUICK, ROOT, call_script, load_script, tiny_data, tiny_task
-from dnnlab.config import compose_config
+from dnnlab.app.compose import compose_config
+from dnnlab.app.environment import ENVIRONMENT_FILE, environment, git_state
+from dnnlab.callbacks.diagnostics.callback import VERDICT_FILE
+from dnnlab.callbacks.summary import summary_table
 from dnnlab.console import end_of_run, epoch_line, metric_lines
-from dnnlab.diagnostics.callback import VERDICT_FILE
-from dnnlab.environment import ENVIRONMENT_FILE, environment, git_state
-from dnnlab.evaluation import mc_dropout_proba
-from dnnlab.module import Classifier
-from dnnlab.resume import latest_checkpoint
-from dnnlab.summary import summary_table
-from dnnlab.training import plain
+from dnnlab.evaluate.evaluation import mc_dropout_proba
+from dnnlab.train.module import Classifier
+from dnnlab.train.resume import latest_checkpoint
+from dnnlab.train.run import plain
 
 train_script = load_script("train.py")
 eval_script = load_script("eval.py")
@@ -191,9 +191,9 @@ def test_parameter_table_counts_batch_norm_statistics_as_keras() -> None:
 # ------------------------------------------------------------------------------ MC dropout
 def test_mc_dropout_passes_report_their_progress(caplog) -> None:
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 3))
-    with caplog.at_level(logging.INFO, logger="dnnlab.evaluation"):
+    with caplog.at_level(logging.INFO, logger="dnnlab.evaluate.evaluation"):
         mc_dropout_proba(model, torch.ones(5, 4), samples=20)
-    lines = [r.getMessage() for r in caplog.records if r.name == "dnnlab.evaluation"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dnnlab.evaluate.evaluation"]
     assert len(lines) == 10 and lines[0].startswith("MC dropout: 2/20 passes over 5 images")
     assert lines[-1].startswith("MC dropout: 20/20 passes")
 

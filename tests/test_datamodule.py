@@ -11,14 +11,14 @@ import pytest
 import torch
 
 from conftest import MNIST_DIR, requires_fashion, requires_mnist, write_idx_dataset
-from dnnlab.config import compose_config
+from dnnlab.app.checks import check_ranges
+from dnnlab.app.compose import compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.data.batches import EpochOrder, TensorBatches
 from dnnlab.data.datamodule import load_arrays
 from dnnlab.data.idx import encode_idx
 from dnnlab.data.sources import SPLIT_FILES
 from dnnlab.errors import ConfigError, DataError
-from dnnlab.validation import check_ranges
 
 
 def tiny(tmp_path: Path, **kwargs) -> IdxDataModule:

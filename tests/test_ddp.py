@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import QUICK, requires_fashion, run_script, write_idx_dataset
-from dnnlab.config import compose_config
-from dnnlab.module import Classifier
-from dnnlab.training import build_datamodule
+from dnnlab.app.compose import compose_config
+from dnnlab.train.module import Classifier
+from dnnlab.train.run import build_datamodule
 
 
 @pytest.mark.slow

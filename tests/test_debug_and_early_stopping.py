@@ -9,7 +9,7 @@ import pytest
 from lightning.pytorch.callbacks import EarlyStopping
 
 from conftest import tiny_task
-from dnnlab.training import build_callbacks, run
+from dnnlab.train.run import build_callbacks, run
 
 
 @pytest.mark.parametrize(
@@ -68,7 +68,7 @@ def test_mlflow_logger_without_mlflow_is_one_line(tmp_path: Path, make_config) -
     import importlib.util
 
     from dnnlab.errors import ConfigError
-    from dnnlab.training import build_loggers
+    from dnnlab.train.run import build_loggers
 
     if importlib.util.find_spec("mlflow") is not None:
         pytest.skip("MLflow is installed")

@@ -13,10 +13,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from conftest import QUICK, requires_fashion
-from dnnlab.cli import FAILED_FILE
-from dnnlab.divergence import DivergenceMonitor
+from dnnlab.app.cli import FAILED_FILE
+from dnnlab.callbacks.divergence import DivergenceMonitor
 from dnnlab.errors import ConfigError, TrainingDiverged
-from dnnlab.training import run
+from dnnlab.train.run import run
 from test_bad_input import call_train
 
 pytestmark = requires_fashion

@@ -25,7 +25,7 @@ from conftest import (
     write_checkpoint,
 )
 from dnnlab.errors import ConfigError
-from dnnlab.evaluation import (
+from dnnlab.evaluate.evaluation import (
     entropy,
     evaluate_checkpoint,
     mc_dropout_mode,
@@ -33,7 +33,7 @@ from dnnlab.evaluation import (
     predict_proba,
     summarize,
 )
-from dnnlab.training import evaluate_test_split, run
+from dnnlab.train.run import evaluate_test_split, run
 
 
 def net_with_bn_and_dropout(rate: float) -> nn.Sequential:
@@ -152,7 +152,7 @@ def test_eval_of_the_validation_split_and_a_model_without_dropout(
     def lightning_pass(*args: object) -> None:
         raise AssertionError("Lightning's pass ran before the check")
 
-    monkeypatch.setattr("dnnlab.evaluation.lightning_metrics", lightning_pass)
+    monkeypatch.setattr("dnnlab.evaluate.evaluation.lightning_metrics", lightning_pass)
     with pytest.raises(ConfigError, match=r"mc_dropout.samples=4 needs dropout layers"):
         evaluate_checkpoint(ckpt, tmp_path / "mc", mc_samples=4)
 

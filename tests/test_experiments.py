@@ -11,7 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import QUICK, call_script, load_script, tiny_data
-from dnnlab.config import CONFIG_DIR, compose_config, group_options
+from dnnlab.app.compose import CONFIG_DIR, compose_config, group_options
 
 EXPERIMENTS = group_options("experiment")  # subfolders too: book/dropout
 BOOK = [e for e in EXPERIMENTS if e.startswith("book/")]

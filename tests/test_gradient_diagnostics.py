@@ -15,16 +15,16 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, requires_fashion, tiny_task
-from dnnlab.config import compose_config
-from dnnlab.diagnostics import GradientDiagnostics
-from dnnlab.diagnostics.callback import FIGURE_FILE, VERDICT_FILE
-from dnnlab.diagnostics.figures import by_epoch, close, epochs_title, grad_norm_vs_depth
-from dnnlab.diagnostics.layers import activation_stats
-from dnnlab.diagnostics.verdict import Samples, Thresholds, judge
+from dnnlab.app.compose import compose_config
+from dnnlab.callbacks.diagnostics import GradientDiagnostics
+from dnnlab.callbacks.diagnostics.callback import FIGURE_FILE, VERDICT_FILE
+from dnnlab.callbacks.diagnostics.figures import by_epoch, close, epochs_title, grad_norm_vs_depth
+from dnnlab.callbacks.diagnostics.layers import activation_stats
+from dnnlab.callbacks.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import ConfigError, TrainingDiverged
-from dnnlab.losses import LOSSES
-from dnnlab.module import Classifier
-from dnnlab.training import build_callbacks, run
+from dnnlab.model.losses import LOSSES
+from dnnlab.train.module import Classifier
+from dnnlab.train.run import build_callbacks, run
 
 LIMITS = Thresholds()
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from dnnlab.errors import ConfigError
-from dnnlab.models import build_mlp
-from dnnlab.models.initializers import (
+from dnnlab.model import build_mlp
+from dnnlab.model.initializers import (
     NAMED,
     TRUNCATED_NORMAL_STD,
     VarianceScaling,

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnlab.config import compose_config
+from dnnlab.app.compose import compose_config
 from dnnlab.errors import ConfigError
-from dnnlab.models import build_mlp
-from dnnlab.models.blocks import BiasedBatchNorm1d
-from dnnlab.module import Classifier
-from dnnlab.optimizers import build_optimizer, check_optimizer, state_tensors
-from dnnlab.regularization import Regularization
-from dnnlab.training import plain
+from dnnlab.model import build_mlp
+from dnnlab.model.blocks import BiasedBatchNorm1d
+from dnnlab.optim.optimizers import build_optimizer, check_optimizer, state_tensors
+from dnnlab.optim.regularization import Regularization
+from dnnlab.train.module import Classifier
+from dnnlab.train.run import plain
 
 OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamax", "nadam"]
 OPTIMIZERS += ["adamw"]
@@ -34,7 +34,7 @@ def steps(optimizer: torch.optim.Optimizer, param: nn.Parameter, grads: list[tor
 @pytest.mark.parametrize("option", OPTIMIZERS)
 def test_keras_optimizers_resume_from_a_weights_only_checkpoint(option: str) -> None:
     node = plain(compose_config(["parity=keras", f"optimizer={option}"]).optimizer)
-    assert node["_target_"].startswith("dnnlab.optimizers_keras.")
+    assert node["_target_"].startswith("dnnlab.optim.keras.")
     grads = [torch.randn(5, generator=torch.Generator().manual_seed(i)) for i in range(6)]
     straight = nn.Parameter(torch.ones(5))
     steps(build_optimizer(node, [straight]), straight, grads)

@@ -10,10 +10,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
+from dnnlab.callbacks.summary import ParameterSummary, parameter_counts
 from dnnlab.errors import ConfigError
-from dnnlab.models import build_mlp
-from dnnlab.module import Classifier
-from dnnlab.summary import ParameterSummary, parameter_counts
+from dnnlab.model import build_mlp
+from dnnlab.train.module import Classifier
 
 
 def kinds(net: nn.Sequential) -> list[str]:

@@ -11,9 +11,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import requires_fashion
 from dnnlab.errors import ConfigError
-from dnnlab.lr_finder import epochs_of_batches, lr_range_test, tune_learning_rate
-from dnnlab.optimizers import build_optimizer
-from dnnlab.training import build_datamodule, build_model, build_trainer, plain, run
+from dnnlab.optim.optimizers import build_optimizer
+from dnnlab.train.lr_finder import epochs_of_batches, lr_range_test, tune_learning_rate
+from dnnlab.train.run import build_datamodule, build_model, build_trainer, plain, run
 from test_training import scalars
 
 pytestmark = requires_fashion
@@ -110,7 +110,7 @@ def test_range_test_measures_the_objective_the_run_minimizes(
         results.append(lr_range_test(*args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr("dnnlab.lr_finder.lr_range_test", recorded)
+    monkeypatch.setattr("dnnlab.train.lr_finder.lr_range_test", recorded)
     tune_learning_rate(cfg, model, datamodule, build_trainer(cfg))
     x, y = next(epochs_of_batches(datamodule.train_dataloader()))  # the test's first batch
     with torch.no_grad():  # the initial weights, restored after the test

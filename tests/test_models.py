@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dnnlab.errors import ConfigError
-from dnnlab.models import build_mlp
+from dnnlab.model import build_mlp
 
 
 def test_book_mlp_shape_and_parameters() -> None:

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import requires_fashion
-from dnnlab.config import CONFIG_DIR, compose_config
+from dnnlab.app.compose import CONFIG_DIR, compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
-from dnnlab.models import build_mlp
-from dnnlab.optimizers import build_optimizer
-from dnnlab.training import plain, run
+from dnnlab.model import build_mlp
+from dnnlab.optim.optimizers import build_optimizer
+from dnnlab.train.run import plain, run
 from test_training import scalars
 
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))

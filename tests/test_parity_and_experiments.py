@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from conftest import requires_fashion
-from dnnlab.config import compose_config
-from dnnlab.models import build_mlp
-from dnnlab.models.initializers import TRUNCATED_NORMAL_STD
-from dnnlab.training import run
+from dnnlab.app.compose import compose_config
+from dnnlab.model import build_mlp
+from dnnlab.model.initializers import TRUNCATED_NORMAL_STD
+from dnnlab.train.run import run
 from test_cli import train
 
 

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 
-from dnnlab import clipping, evaluation, lr_finder, optimizers, regularization, schedules, transfer
-from dnnlab.config import compose_config
+from dnnlab.app.checks import ITEM, check_ranges, range_rules
+from dnnlab.app.compose import compose_config
+from dnnlab.callbacks.diagnostics import callback as diagnostics
+from dnnlab.callbacks.diagnostics import verdict
 from dnnlab.data import datamodule
-from dnnlab.diagnostics import callback as diagnostics
-from dnnlab.diagnostics import verdict
 from dnnlab.errors import ConfigError
-from dnnlab.models import blocks, initializers, mlp
+from dnnlab.evaluate import evaluation
+from dnnlab.model import blocks, initializers, mlp
+from dnnlab.optim import clipping, optimizers, regularization, schedules
 from dnnlab.ranges import (
     SEED,
     Rule,
@@ -28,7 +30,7 @@ from dnnlab.ranges import (
     positive,
     positive_int,
 )
-from dnnlab.validation import ITEM, check_ranges, range_rules
+from dnnlab.train import lr_finder, transfer
 
 # (rule, valid values, invalid values, its words)
 RULES = [

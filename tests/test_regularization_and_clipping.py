@@ -12,10 +12,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from conftest import requires_fashion
-from dnnlab.clipping import GradientClipping
 from dnnlab.errors import ConfigError
-from dnnlab.regularization import Regularization
-from dnnlab.training import run
+from dnnlab.optim.clipping import GradientClipping
+from dnnlab.optim.regularization import Regularization
+from dnnlab.train.run import run
 
 # 48 optimizer steps, no sanity check, no checkpoint: the effect, not the bookkeeping.
 SHORT = [

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from conftest import QUICK, requires_fashion, run_script
-from dnnlab.cli import FAILED_FILE
-from dnnlab.config import CONFIG_DIR
-from dnnlab.report import load_members, write_report
-from dnnlab.training import run, write_summary
+from dnnlab.app.cli import FAILED_FILE
+from dnnlab.app.compose import CONFIG_DIR
+from dnnlab.evaluate.report import load_members, write_report
+from dnnlab.train.run import run, write_summary
 
 
 @pytest.mark.slow

@@ -19,13 +19,13 @@ import yaml
 from lightning.pytorch.callbacks import Callback, Checkpoint
 
 from conftest import QUICK, ROOT, requires_fashion, tiny_task, write_idx_dataset
-from dnnlab.checkpointing import HOST, AtomicCheckpointIO
-from dnnlab.config import compose_config
+from dnnlab.app.compose import compose_config
+from dnnlab.callbacks.diagnostics.callback import VERDICT_FILE
 from dnnlab.data import IdxDataModule
-from dnnlab.diagnostics.callback import VERDICT_FILE
 from dnnlab.errors import ConfigError
-from dnnlab.resume import SETTINGS, resolve_ckpt_path
-from dnnlab.training import run
+from dnnlab.train.checkpointing import HOST, AtomicCheckpointIO
+from dnnlab.train.resume import SETTINGS, resolve_ckpt_path
+from dnnlab.train.run import run
 
 # Two epochs of 10 blocks of 16 steps; last.ckpt at the block end reaching each multiple of 32.
 RESUMABLE = [*QUICK, "callbacks.step_checkpoint.every_n_train_steps=32"]
@@ -151,7 +151,7 @@ def test_stale_temporary_files_are_removed_where_a_checkpoint_is_first_written(
 
 KILLED_MID_WRITE = """
 import os, signal, sys, torch
-from dnnlab.checkpointing import HOST, AtomicCheckpointIO
+from dnnlab.train.checkpointing import HOST, AtomicCheckpointIO
 
 def half_written(obj, f):
     f.write(b"partial")
@@ -241,7 +241,7 @@ REFUSED_RESUMES = [
     (
         (),
         ["scheduler=exponential"],
-        r"scheduler.schedule._target_: unset -> 'dnnlab.schedules.exponential'",
+        r"scheduler.schedule._target_: unset -> 'dnnlab.optim.schedules.exponential'",
     ),
     (("scheduler=exponential",), ["scheduler.schedule.s=5"], r"scheduler.schedule.s: 20 -> 5"),
     (("scheduler=exponential",), ["optimizer.lr=0.5"], r"optimizer.lr: 0.05 -> 0.5"),
@@ -335,7 +335,7 @@ def test_changed_optimizer_hyperparameters_take_effect_on_resume_and_are_logged(
         [*overrides, *changed, "logger=csv", f"ckpt_path={checkpoint}"], output_dir=tmp_path
     )
     seen = OptimizerSettings()
-    with caplog.at_level(logging.INFO, logger="dnnlab.resume"):
+    with caplog.at_level(logging.INFO, logger="dnnlab.train.resume"):
         run(cfg, [seen])
     assert seen.seen == {(0.5, 0.9)}, "what the config says, not the checkpoint's 0.05 and 0.0"
     recorded = yaml.safe_load((tmp_path / "hparams.yaml").read_text())["optimizer"]

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dnnlab.config import CONFIG_DIR, compose_config
+from dnnlab.app.checks import check_ranges
+from dnnlab.app.compose import CONFIG_DIR, compose_config
 from dnnlab.errors import ConfigError
-from dnnlab.schedules import PowerDecay, build_schedule, exponential, join_schedule
-from dnnlab.training import plain
-from dnnlab.validation import check_ranges
+from dnnlab.optim.schedules import PowerDecay, build_schedule, exponential, join_schedule
+from dnnlab.train.run import plain
 
 SCHEDULES = sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml") if p.stem != "none")
 # A stand-in for the trainer: 100 optimizer steps per epoch, 10 epochs.
@@ -115,7 +115,7 @@ def test_plateau_halves_the_lr_only_after_patience_epochs_without_gain() -> None
 
 def test_one_cycle_length_is_the_runs_optimizer_steps() -> None:
     """Blocks of steps and limit_train_batches: the epoch is counted in optimizer steps."""
-    from dnnlab.schedules import run_length
+    from dnnlab.optim.schedules import run_length
 
     assert run_length(TRAINER, "step") == 10 * 100  # 4 blocks x 32 = 128, capped at 100 batches
     limited = SimpleNamespace(**{**vars(TRAINER), "num_training_batches": 2})

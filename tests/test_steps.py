@@ -11,11 +11,11 @@ import lightning as L
 import pytest
 import torch
 
-import dnnlab.module
-import dnnlab.steps
+import dnnlab.train.module
+import dnnlab.train.steps
 from conftest import requires_fashion
-from dnnlab.steps import DirectStep, LightningStep
-from dnnlab.training import run
+from dnnlab.train.run import run
+from dnnlab.train.steps import DirectStep, LightningStep
 
 pytestmark = requires_fashion
 
@@ -46,15 +46,15 @@ class HookRecorder(L.Callback):
 def train(make_config, monkeypatch, direct: bool, overrides=(), run_name="run"):
     """A short run; returns the recorder, the metrics, the final weights and the stepper types."""
     if not direct:
-        monkeypatch.setattr(dnnlab.steps, "direct_applies", lambda trainer: False)
+        monkeypatch.setattr(dnnlab.train.steps, "direct_applies", lambda trainer: False)
     chosen: list[type] = []
-    original = dnnlab.module.stepper
+    original = dnnlab.train.module.stepper
 
     def recording_stepper(module, optimizer, update=None):
         chosen.append(type(steps := original(module, optimizer, update)))
         return steps
 
-    monkeypatch.setattr(dnnlab.module, "stepper", recording_stepper)
+    monkeypatch.setattr(dnnlab.train.module, "stepper", recording_stepper)
     cfg = make_config([*SHORT, "test=false", *overrides], run=run_name)
     recorder = HookRecorder()
     metrics = run(cfg, extra_callbacks=[recorder])
@@ -88,7 +88,7 @@ def test_the_module_own_step_hooks_run_on_the_direct_path(make_config, monkeypat
     def on_after_backward(self) -> None:
         seen.append(self.global_step)
 
-    monkeypatch.setattr(dnnlab.module.Classifier, "on_after_backward", on_after_backward)
+    monkeypatch.setattr(dnnlab.train.module.Classifier, "on_after_backward", on_after_backward)
     *_, chosen = train(make_config, monkeypatch, direct=True)
     assert set(chosen) == {DirectStep} and seen == list(range(12))
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from dnnlab import threads
 from dnnlab.errors import ConfigError
-from dnnlab.threads import PARALLEL_WORK, layer_work, resolve_threads
-from dnnlab.training import run
+from dnnlab.train import threads
+from dnnlab.train.run import run
+from dnnlab.train.threads import PARALLEL_WORK, layer_work, resolve_threads
 
 SMALL, LARGE = PARALLEL_WORK - 1, PARALLEL_WORK
 

@@ -10,8 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch._dynamo.utils import counters
 
 from conftest import requires_fashion, tiny_data
-from dnnlab.module import Classifier
-from dnnlab.training import run
+from dnnlab.train.module import Classifier
+from dnnlab.train.run import run
 
 pytestmark = requires_fashion
 

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from conftest import requires_fashion, tiny_task, write_checkpoint
+from dnnlab.app.checks import check_ranges
 from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
-from dnnlab.models import build_mlp
-from dnnlab.training import run
-from dnnlab.transfer import FreezeReusedLayers, load_lower_layers
-from dnnlab.validation import check_ranges
+from dnnlab.model import build_mlp
+from dnnlab.train.run import run
+from dnnlab.train.transfer import FreezeReusedLayers, load_lower_layers
 
 TASK_A = ["data.classes=[1,3,4,5,6,7,8,9]", "model.hidden=[100,100,100]", "test=false"]
 TASK_B = ["data.classes=[0,2]", "data.train_size=200", "model.hidden=[100,100,100]"]

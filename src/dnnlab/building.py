@@ -15,6 +15,27 @@ from dnnlab.ranges import shown
 # Keys Hydra's instantiate reads itself; never passed to the target.
 HYDRA_KEYS = ("_target_", "_args_", "_partial_", "_convert_", "_recursive_")
 
+# Where the targets a checkpoint's settings may name lived before the package got its folders:
+# old prefix -> new. Checkpoints written then still resume, transfer and evaluate.
+MOVED = {
+    "dnnlab.schedules.": "dnnlab.optim.schedules.",
+    "dnnlab.optimizers_keras.": "dnnlab.optim.keras.",
+}
+
+
+def current_targets(node: Any) -> Any:
+    """``node`` (plain containers) with every ``_target_`` in a moved module renamed."""
+    if isinstance(node, dict):
+        renamed = {k: current_targets(v) for k, v in node.items()}
+        target = renamed.get("_target_")
+        for old, new in MOVED.items():
+            if isinstance(target, str) and target.startswith(old):
+                renamed["_target_"] = new + target[len(old) :]
+        return renamed
+    if isinstance(node, list):
+        return [current_targets(item) for item in node]
+    return node
+
 
 def accepted_keys(builder: Callable[..., Any], passed: Collection[str] = ()) -> list[str] | None:
     """The keyword arguments a config node may give ``builder`` (``passed``: the ones the code

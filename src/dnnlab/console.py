@@ -139,7 +139,7 @@ def metric_lines(metrics: Mapping[str, float]) -> list[str]:
 
 def read_verdict(folder: Path) -> list[str]:
     """The gradient diagnostics' verdict written into the run folder (none when they were off)."""
-    from dnnlab.diagnostics.callback import VERDICT_FILE
+    from dnnlab.callbacks.diagnostics.callback import VERDICT_FILE
 
     try:
         verdict = json.loads((folder / VERDICT_FILE).read_text()).get("verdict") or []

@@ -1,5 +1,5 @@
 """Valid ranges of numeric settings: one rule per meaning, shared by the config checks that run
-before any data is read (:mod:`dnnlab.validation`) and by the objects that use the values.
+before any data is read (:mod:`dnnlab.app.checks`) and by the objects that use the values.
 
 Every bad value reads the same way, ``KEY=V is out of range; expected <what is valid>``, whether
 the config check or the object's own check (library use, tests) finds it.

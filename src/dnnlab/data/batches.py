@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from dnnlab.errors import ConfigError
-from dnnlab.resume import KEY, refusal
+from dnnlab.train.resume import KEY, refusal
 
 
 class EpochOrder:
@@ -138,7 +138,7 @@ class TensorBatches:
         }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        # train.py refuses another layout before fit (dnnlab.resume); this guards library use.
+        # train.py refuses another layout before fit (dnnlab.train.resume); this guards library use.
         layout = {"batch_size": self.batch_size, "steps_per_block": self.steps_per_block or 0}
         changed = {
             f"data.{key}": (state[key], value)

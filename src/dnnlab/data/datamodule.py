@@ -21,7 +21,7 @@ from dnnlab.ranges import Rule, check_all, or_null, positive_int
 VAL_SPLITS = ("last", "first", "random")
 IMAGE_SHAPE = (28, 28)  # (Fashion-)MNIST's, and the input_shape every model is built for
 BATCH_SIZE = positive_int("a batch size")
-# data.<key> -> its rule, checked here and by dnnlab.validation before any data is read.
+# data.<key> -> its rule, checked here and by dnnlab.app.checks before any data is read.
 RULES: dict[str, Rule] = {
     "batch_size": BATCH_SIZE,
     "eval_batch_size": BATCH_SIZE,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dnnlab.data.idx import read_idx_bytes
 from dnnlab.errors import DataError, lookup
-from dnnlab.run_folders import atomic_write
+from dnnlab.files import atomic_write
 
 SPLIT_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",

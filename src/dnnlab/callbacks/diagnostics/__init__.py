@@ -1,0 +1,5 @@
+"""Vanishing and exploding gradients made visible: per-layer statistics, a figure, a verdict."""
+
+from dnnlab.callbacks.diagnostics.callback import GradientDiagnostics
+
+__all__ = ["GradientDiagnostics"]
