@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 python scripts/keras_parity_table.py
 
 Each row trains the same small network in Keras (PyTorch backend) and in dnnlab under
-``parity=keras`` and ``parity=pytorch`` (tests/keras_parity.py, which tests/test_keras_parity.py
-uses for the proof) and prints the largest relative difference of what training changed.
+``parity=keras`` and ``parity=pytorch`` (tests/keras_parity.py, which
+tests/optim/test_keras_parity.py uses for the proof) and prints the largest relative difference of
+what training changed.
 """
 
 from __future__ import annotations

@@ -218,3 +218,28 @@ def member_folder(sweep: Path, number: int) -> Path:
 
     (folder,) = [p for p in sweep.iterdir() if p.is_dir() and member_number(p.name)[0] == number]
     return folder
+
+
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamax", "nadam"]
+OPTIMIZERS += ["adamw"]  # the chapter's optimizers, as conf/optimizer names them
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar under ``folder``: tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
+
+
+def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """``python train.py overrides`` in a subprocess, its outputs under ``tmp_path``."""
+    return run_script(tmp_path, "train.py", *overrides)
+
+
+def call_train(args: list[str], monkeypatch, tmp_path: Path) -> int:
+    """``python train.py args`` in this process: the exit code it would have."""
+    return call_script(load_script("train.py"), args, monkeypatch, tmp_path)

@@ -1,7 +1,7 @@
 """Train the same small network in Keras 3 and in dnnlab, and measure how far their weights end.
 
-Shared by tests/test_keras_parity.py (the proof) and scripts/keras_parity_table.py (the table in
-docs/reference.md). dnnlab runs through its real code: ``compose_config``, ``build_model`` (the
+Shared by tests/optim/test_keras_parity.py (the proof) and scripts/keras_parity_table.py (the table
+in docs/reference.md). dnnlab runs through its real code: ``compose_config``, ``build_model`` (the
 Classifier, its optimizer, schedule, regularization and clipping) and a Lightning ``Trainer``;
 Keras (PyTorch backend) gets the same initial weights, the same batches in the same order and
 the Keras objects the book uses for each technique.

@@ -6,22 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch._dynamo.utils import counters
 
-from conftest import requires_fashion, tiny_data
+from conftest import requires_fashion, scalars, tiny_data
 from dnnlab.train.module import Classifier
 from dnnlab.train.run import run
 
 pytestmark = requires_fashion
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return {
-        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
-    }
 
 
 def test_short_run_learns_and_tests_the_best_checkpoint(make_config) -> None:

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, requires_fashion, run_script
-
-
-def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return run_script(tmp_path, "train.py", *overrides)
+from conftest import QUICK, requires_fashion, train
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import OPTIMIZERS
 from dnnlab.app.compose import compose_config
 from dnnlab.errors import ConfigError
 from dnnlab.model import build_mlp
@@ -18,9 +19,6 @@ from dnnlab.optim.optimizers import build_optimizer, check_optimizer, state_tens
 from dnnlab.optim.regularization import Regularization
 from dnnlab.train.module import Classifier
 from dnnlab.train.run import plain
-
-OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamax", "nadam"]
-OPTIMIZERS += ["adamw"]
 
 
 def steps(optimizer: torch.optim.Optimizer, param: nn.Parameter, grads: list[torch.Tensor]) -> None:

@@ -26,7 +26,8 @@ def test_every_option_composes(group: str, option: str, tmp_path: Path) -> None:
     check_ranges(cfg)  # every shipped value is in its range
     build_callbacks(cfg)
     if (group, option) != ("logger", "mlflow") or importlib.util.find_spec("mlflow"):
-        build_loggers(cfg)  # an optional extra's logger: tests/test_debug_and_early_stopping.py
+        # an optional extra's logger: tests/train/test_debug_and_early_stopping.py
+        build_loggers(cfg)
     instantiate(cfg.data)
     if cfg.trainer.accelerator != "gpu" or torch.cuda.is_available():
         instantiate(cfg.trainer)

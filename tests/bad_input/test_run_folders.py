@@ -20,10 +20,9 @@ import yaml
 from omegaconf import OmegaConf
 from tensorboard.compat.tensorflow_stub.io import gfile
 
-from conftest import member_folder, run_script, write_idx_dataset
+from conftest import call_train, member_folder, run_script, write_idx_dataset
 from dnnlab.app import cli
 from dnnlab.app.compose import CONFIG_DIR
-from test_bad_input import call_train
 
 ELSEWHERE = r"write elsewhere with paths\.log_dir=<folder> \(or DNNLAB_ROOT=<folder>\)"
 CRASH = ["+callbacks.crash._target_=killer.RaiseAtFitStart", "+callbacks.crash.fail=true,false"]

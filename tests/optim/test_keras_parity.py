@@ -24,10 +24,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import keras_parity as kp  # noqa: E402
+from conftest import OPTIMIZERS  # noqa: E402
 from dnnlab.optim.optimizers import build_optimizer  # noqa: E402
 from dnnlab.optim.schedules import PiecewiseConstantLR  # noqa: E402
 from dnnlab.train.run import plain  # noqa: E402
-from test_keras_rules import OPTIMIZERS  # noqa: E402
 
 # Keras' torch backend converts tensors with numpy's old __array__ protocol.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

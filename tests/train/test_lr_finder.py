@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import requires_fashion
+from conftest import requires_fashion, scalars
 from dnnlab.errors import ConfigError
 from dnnlab.optim.optimizers import build_optimizer
 from dnnlab.train.lr_finder import epochs_of_batches, lr_range_test, tune_learning_rate
 from dnnlab.train.run import build_datamodule, build_model, build_trainer, plain, run
-from test_training import scalars
 
 pytestmark = requires_fashion
 

@@ -9,12 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import requires_fashion
+from conftest import requires_fashion, train
 from dnnlab.app.compose import compose_config
 from dnnlab.model import build_mlp
 from dnnlab.model.initializers import TRUNCATED_NORMAL_STD
 from dnnlab.train.run import run
-from test_cli import train
 
 
 def model_from(overrides: list[str]) -> nn.Sequential:

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from conftest import (
     QUICK,
     ROOT,
-    call_script,
+    call_train,
     damage_file,
     grey_images,
     load_script,
@@ -37,13 +37,6 @@ from dnnlab.data.sources import SPLIT_FILES
 from dnnlab.errors import ConfigError
 from dnnlab.train import memory
 from dnnlab.train.module import Classifier
-
-train_script = load_script("train.py")
-
-
-def call_train(args: list[str], monkeypatch, tmp_path: Path) -> int:
-    """``python train.py args`` in this process: the exit code it would have."""
-    return call_script(train_script, args, monkeypatch, tmp_path)
 
 
 def dataset(tmp_path: Path, damage: str) -> list[str]:
@@ -414,7 +407,7 @@ def test_hydra_full_error_shows_the_traceback(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     monkeypatch.setattr(sys, "argv", ["train.py", *QUICK, "optimizer.lr=-1"])
     with pytest.raises(ValueError, match=r"optimizer\.lr=-1 is out of range"):
-        cli.entry_point(train_script.main)
+        cli.entry_point(load_script("train.py").main)
     assert os.environ["HYDRA_FULL_ERROR"] == "1"
 
 

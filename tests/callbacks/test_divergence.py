@@ -12,12 +12,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from conftest import QUICK, requires_fashion
+from conftest import QUICK, call_train, requires_fashion
 from dnnlab.app.cli import FAILED_FILE
 from dnnlab.callbacks.divergence import DivergenceMonitor
 from dnnlab.errors import ConfigError, TrainingDiverged
 from dnnlab.train.run import run
-from test_bad_input import call_train
 
 pytestmark = requires_fashion
 

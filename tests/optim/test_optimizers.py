@@ -9,14 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import requires_fashion
+from conftest import requires_fashion, scalars
 from dnnlab.app.compose import CONFIG_DIR, compose_config
 from dnnlab.data import IdxDataModule
 from dnnlab.errors import ConfigError
 from dnnlab.model import build_mlp
 from dnnlab.optim.optimizers import build_optimizer
 from dnnlab.train.run import plain, run
-from test_training import scalars
 
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 
