@@ -1,11 +1,16 @@
 """``GradientDiagnostics``: per-layer gradients, updates and activations, a figure and a verdict.
 
+The callback decides *when*: which optimizer steps are sampled (the first, then every
+``every_n_steps``), what happens at an epoch's end and at the end of fit, and where the values go
+(the loggers at ``global_step``, the figure, the verdict file, the checkpoint). What a sample
+*is* (the gradient norms, update ratios and activation statistics) is computed by
+:class:`~dnnlab.callbacks.diagnostics.sampler.LayerSampler`.
+
 Cheap by design under the module's manual optimization, where ``on_after_backward`` and
 ``on_before_optimizer_step`` fire for every optimizer step: on a step that is not sampled they do
-an integer test and return. On a sampled step (the first, then every ``every_n_steps``) the
-gradient norms and the activation statistics (from forward hooks that live for that one step
-only) stay on the device; they reach the host and the loggers once per Lightning batch (a block
-of steps), so there is no host sync per step.
+an integer test and return. A sampled step's values (from forward hooks that live for that one
+step only) stay on the device; they reach the host and the loggers once per Lightning batch (a
+block of steps), so there is no host sync per step.
 """
 
 from __future__ import annotations
@@ -14,25 +19,17 @@ import json
 import logging
 import statistics
 from collections.abc import Mapping
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
+from torch import Tensor
 
 from dnnlab.callbacks.diagnostics.figures import by_epoch, close, epochs_title, grad_norm_vs_depth
-from dnnlab.callbacks.diagnostics.layers import (
-    DYING,
-    SATURATION,
-    activation_layers,
-    activation_stats,
-    layer_names,
-)
+from dnnlab.callbacks.diagnostics.layers import activation_layers, layer_names
+from dnnlab.callbacks.diagnostics.sampler import ACTIVATION_STATS, LayerSampler, Sample
 from dnnlab.callbacks.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import TrainingDiverged
 from dnnlab.files import atomic_write_text
@@ -50,7 +47,6 @@ RULES: dict[str, Rule] = {
     "figure_every_n_epochs": integers("a period in epochs (0: never)", 0),
     "saturation_eps": interval("a saturation margin", 0, 0.5, "()"),
 }
-ACTIVATION_STATS = ("act_mean", "act_std", "dead_fraction", "saturated_fraction")
 PREFIX = AFTER_CURVES  # every diagnostics tag: its groups sort after the learning curves
 VERDICT_FILE = "gradient_diagnostics.json"
 FIGURE_FILE = "grad_norm_vs_depth.png"
@@ -90,16 +86,6 @@ def layout(quantities: list[str]) -> dict[str, dict[str, list[Any]]]:
     }
 
 
-def _norms(layers: list[nn.Linear]) -> Tensor:
-    """L2 norm of each layer's weight gradient, as one device tensor (0 where there is none)."""
-    return torch.stack(
-        [
-            torch.linalg.vector_norm(w.grad) if w.grad is not None else w.new_zeros(())
-            for w in (layer.weight for layer in layers)
-        ]
-    )
-
-
 class GradientDiagnostics(Callback):
     """Make vanishing and exploding gradients visible, layer by layer, and say which it was.
 
@@ -134,34 +120,32 @@ class GradientDiagnostics(Callback):
         self.saturation_eps = saturation_eps
         self.dirpath = dirpath
         self.thresholds = Thresholds.from_config(verdict)
-        self.verdict: dict[str, Any] = {}
+        self.sampler: LayerSampler | None = None  # made at train start, once the layers are known
+        self.names: list[str] = []
         self._restored: dict[str, Any] = {}
+        self._reset()
 
-    # ------------------------------------------------------------------------------ set-up
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.layers = dense_layers(pl_module)
-        self.activations = activation_layers(pl_module)
-        self.names = layer_names(len(self.layers))
-        self.saturation = [SATURATION.get(type(a)) for a in self.activations]
-        self.dies = [isinstance(a, DYING) for a in self.activations]
+    def _reset(self) -> None:
+        """A fit's history: what the verdict, the figures and the histograms are made from."""
         self.steps: list[int] = []
         self.grad_norms: list[list[float]] = []
         self.activation_history: list[list[list[float]]] = []
         self.epochs: list[int] = []
         self.epoch_grad_norms: list[list[float]] = []
         self.weight_changes: list[list[float]] = []
-        self._pending: list[dict[str, Any]] = []
-        self._record: dict[str, Any] | None = None
-        self._hooks: list[RemovableHandle] = []
-        self._eager = ExitStack()  # holds torch.compile's force_eager stance while hooks are held
-        self._captured: dict[int, Tensor] = {}
-        self._before_update: list[Tensor] | None = None
         self._epoch_start_weights: list[Tensor] = []
         self._epoch_first_sample = 0
         self._histogram_epoch = False
         self._last_grads: list[Tensor | None] = []  # the epoch's last gradients, for histograms
-        self._activation_sample: dict[int, Tensor] = {}  # its last sampled activations
-        self.verdict = {}
+        self.verdict: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------ set-up
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.sampler = LayerSampler(
+            dense_layers(pl_module), activation_layers(pl_module), self.saturation_eps
+        )
+        self.names = layer_names(len(self.sampler.layers))
+        self._reset()
         if self._restored:  # resumed from a checkpoint, perhaps mid-epoch
             self._apply(self._restored)
             self._restored = {}
@@ -169,13 +153,13 @@ class GradientDiagnostics(Callback):
         if writer is not None:
             writer.add_custom_scalars(layout(self._quantities(pl_module)))
         if self._sampled(trainer.global_step + 1):
-            self._hold_hooks()
+            self.sampler.hook_next_forward()
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self) -> dict[str, Any]:
         """The history behind the verdict (lists of floats and the epoch's starting weights), so
         that a run resumed with ``ckpt_path=last`` is judged on all of its steps."""
-        if not hasattr(self, "layers"):
+        if self.sampler is None:
             return {}
         return {
             **{name: getattr(self, name) for name in HISTORY},
@@ -191,7 +175,7 @@ class GradientDiagnostics(Callback):
             setattr(self, name, list(state[name]))
         self._epoch_start_weights = [
             start.to(layer.weight.device)
-            for start, layer in zip(state["epoch_start_weights"], self.layers, strict=True)
+            for start, layer in zip(state["epoch_start_weights"], self.sampler.layers, strict=True)
         ]
         self._epoch_first_sample = state["epoch_first_sample"]
 
@@ -201,10 +185,10 @@ class GradientDiagnostics(Callback):
         clipping = getattr(pl_module, "clipping", None)
         shown = ["grad_norm", "update_ratio", "weight_change"]
         shown += ["grad_norm_clipped"] if getattr(clipping, "active", False) else []
-        if self.activations:
+        if self.sampler.activations:
             shown += ["act_mean", "act_std"]
-            shown += ["dead_fraction"] if any(self.dies) else []
-            shown += ["saturated_fraction"] if any(s is not None for s in self.saturation) else []
+            shown += ["dead_fraction"] if any(self.sampler.dies) else []
+            shown += ["saturated_fraction"] if any(self.sampler.saturates) else []
         return shown
 
     def _writer(self, trainer: L.Trainer) -> Any:
@@ -213,141 +197,92 @@ class GradientDiagnostics(Callback):
                 return logger.experiment
         return None
 
-    # ------------------------------------------------------------------ activation hooks
-    def _hold_hooks(self) -> None:
-        """Hook the activations for the next forward pass only (hooks slow every call).
+    # ------------------------------------------------ optimizer steps: when a sample is taken
+    def _due(self, step: int) -> bool:
+        return step % self.every_n_steps == 0
 
-        Under ``compile=true`` the network's compiled forward does not see hooks added after it
-        was compiled, so that one pass runs eagerly (``force_eager``): the other steps keep the
-        compiled forward without a per-call check for hooks.
-        """
-        if self._hooks:
-            return
-        self._captured.clear()
-        for index, module in enumerate(self.activations):
-            self._hooks.append(module.register_forward_hook(self._capture(index)))
-        self._eager.enter_context(torch.compiler.set_stance("force_eager"))
-
-    def _capture(self, index: int) -> Any:
-        saturated, dies = self.saturation[index], self.dies[index]
-
-        @torch.compiler.disable  # should anything compile around it: never trace our state
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if module.training:
-                pre = inputs[0]
-                self._captured[index] = activation_stats(
-                    pre, output, saturated, self.saturation_eps, dies
-                )
-                if self._histogram_epoch:  # a copy: a later in-place layer must not change it
-                    self._activation_sample[index] = output.detach().clone()
-
-        return hook
-
-    def _release_hooks(self) -> Tensor | None:
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
-        self._eager.close()  # back to the stance before: compiled code runs compiled again
-        if self.activations and len(self._captured) == len(self.activations):
-            return torch.stack([self._captured[i] for i in range(len(self.activations))])
-        return None
-
-    # ------------------------------------------------------------------- optimizer steps
     def _sampled(self, step: int) -> bool:
-        return step % self.every_n_steps == 0 or not (self.steps or self._pending)
+        """Every ``every_n_steps``-th optimizer step is sampled, and a run's first."""
+        return self._due(step) or not (self.steps or self.sampler.waiting)
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish_update()
+        self.sampler.finish_update()  # the last sampled step's update is done by now
         step = trainer.global_step + 1  # the optimizer step this gradient is for
         if self._sampled(step):
-            activations = self._release_hooks()
-            self._record = {"step": step, "pre": _norms(self.layers), "act": activations}
+            self.sampler.take_gradients(step)
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any
     ) -> None:
         step = trainer.global_step + 1
-        if self._record is not None:
-            # Gradient clipping, if any, has happened between the two hooks.
-            self._record["post"] = _norms(self.layers)
-            self._before_update = [layer.weight.detach().clone() for layer in self.layers]
-            self._pending.append(self._record)
-            self._record = None
-        if (step + 1) % self.every_n_steps == 0:
-            self._hold_hooks()
-
-    def _finish_update(self) -> None:
-        """Size of the sampled step's update relative to the weights, once the step is done."""
-        if self._before_update is None:
-            return
-        self._pending[-1]["update"] = torch.stack(
-            [
-                torch.linalg.vector_norm(layer.weight.detach() - before)
-                / torch.linalg.vector_norm(before).clamp_min(1e-12)
-                for layer, before in zip(self.layers, self._before_update, strict=True)
-            ]
-        )
-        self._before_update = None
+        self.sampler.take_clipped()  # gradient clipping, if any, has happened since backward
+        if self._due(step + 1):  # the next step is sampled: hook its forward pass
+            self.sampler.hook_next_forward()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self._finish_update()
+        self.sampler.finish_update()
         self._flush(trainer)
         if self._histogram_epoch:
-            # Lightning sets the gradients to None before validation: keep the block's last ones
-            # (references, no copy: the next step's backward makes new tensors).
-            self._last_grads = [layer.weight.grad for layer in self.layers]
+            # Lightning sets the gradients to None before validation: keep the block's last ones.
+            self._last_grads = self.sampler.gradients()
 
     def _flush(self, trainer: L.Trainer) -> None:
-        """Move the block's samples to the host (one sync) and write them to the loggers."""
-        for record in self._pending:
-            pre, post = record["pre"].tolist(), record["post"].tolist()
-            metrics = {tag("grad_norm", n): v for n, v in zip(self.names, pre, strict=True)}
-            if post != pre:
-                metrics |= {
-                    tag("grad_norm_clipped", n): v for n, v in zip(self.names, post, strict=True)
-                }
-            if "update" in record:
-                ratios = record["update"].tolist()
-                metrics |= {
-                    tag("update_ratio", n): v for n, v in zip(self.names, ratios, strict=True)
-                }
-            if record["act"] is not None:
-                stats = record["act"].tolist()
-                for name, values, saturates, dies in zip(
-                    self.names, stats, self.saturation, self.dies, strict=False
-                ):
-                    for quantity, value in zip(ACTIVATION_STATS, values, strict=True):
-                        if quantity == "saturated_fraction" and not saturates:
-                            continue
-                        if quantity == "dead_fraction" and not dies:
-                            continue
-                        metrics[tag(quantity, name)] = value
-                self.activation_history.append(stats)
-            self.steps.append(record["step"])
-            self.grad_norms.append(pre)
-            log_scalars(trainer.loggers, metrics, record["step"])
-        self._pending.clear()
+        """Move the block's samples to the host (one sync), keep them and log them."""
+        for sample in self.sampler.collect():
+            metrics = self._metrics(sample)
+            if sample.activations is not None:
+                self.activation_history.append(sample.activations)
+            self.steps.append(sample.step)
+            self.grad_norms.append(sample.grad_norm)
+            log_scalars(trainer.loggers, metrics, sample.step)
+
+    def _metrics(self, sample: Sample) -> dict[str, float]:
+        """A sample's tags and values: clipped norms where clipping changed them, dead units and
+        saturation only for the activations that have them."""
+        pre, post = sample.grad_norm, sample.grad_norm_clipped
+        metrics = {tag("grad_norm", n): v for n, v in zip(self.names, pre, strict=True)}
+        if post != pre:
+            metrics |= {
+                tag("grad_norm_clipped", n): v for n, v in zip(self.names, post, strict=True)
+            }
+        if sample.update_ratio is not None:
+            metrics |= {
+                tag("update_ratio", n): v
+                for n, v in zip(self.names, sample.update_ratio, strict=True)
+            }
+        if sample.activations is not None:
+            for name, values, saturates, dies in zip(
+                self.names,
+                sample.activations,
+                self.sampler.saturates,
+                self.sampler.dies,
+                strict=False,
+            ):
+                for quantity, value in zip(ACTIVATION_STATS, values, strict=True):
+                    if quantity == "saturated_fraction" and not saturates:
+                        continue
+                    if quantity == "dead_fraction" and not dies:
+                        continue
+                    metrics[tag(quantity, name)] = value
+        return metrics
 
     # -------------------------------------------------------------------------------- epochs
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start_weights = [layer.weight.detach().clone() for layer in self.layers]
-        self._epoch_first_sample = len(self.steps) + len(self._pending)
+        self._epoch_start_weights = self.sampler.weights()
+        self._epoch_first_sample = len(self.steps) + self.sampler.waiting
         every = self.histogram_every_n_epochs
         self._histogram_epoch = bool(every) and (trainer.current_epoch + 1) % every == 0
-        self._last_grads, self._activation_sample = [], {}
+        self.sampler.keep_outputs = self._histogram_epoch
+        self._last_grads = []
+        self.sampler.outputs.clear()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._finish_update()
+        self.sampler.finish_update()
         self._flush(trainer)
         step, epoch = trainer.global_step, trainer.current_epoch
-        changes = torch.stack(
-            [
-                (layer.weight.detach() - start).abs().mean()
-                for layer, start in zip(self.layers, self._epoch_start_weights, strict=True)
-            ]
-        ).tolist()
+        changes = self.sampler.mean_changes(self._epoch_start_weights)
         self.weight_changes.append(changes)
         metrics = {tag("weight_change", n): v for n, v in zip(self.names, changes, strict=True)}
         log_scalars(trainer.loggers, metrics, step)
@@ -369,21 +304,22 @@ class GradientDiagnostics(Callback):
     def _write_histograms(self, writer: Any, step: int) -> None:
         """Weights at the epoch's end, the gradients of its last step and the activations of its
         last sampled step (the layer after which they come), one histogram per layer."""
-        grads = self._last_grads or [None] * len(self.layers)
-        activations = [self._activation_sample.get(i) for i in range(len(self.names))]
+        grads = self._last_grads or [None] * len(self.names)
+        activations = [self.sampler.outputs.get(i) for i in range(len(self.names))]
         for kind, tensors in (
-            ("weights", [layer.weight for layer in self.layers]),
+            ("weights", [layer.weight for layer in self.sampler.layers]),
             ("gradients", grads),
             ("activations", activations),
         ):
             for name, values in zip(self.names, tensors, strict=False):
                 if values is not None and bool(values.isfinite().all()):  # diverged: none
                     writer.add_histogram(tag(kind, name), values.detach(), step)
-        self._last_grads, self._activation_sample = [], {}
+        self._last_grads = []
+        self.sampler.outputs.clear()
 
     # ------------------------------------------------------------------------------ verdict
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._release_hooks()  # a pass held for a step that never came
+        self.sampler.unhook()  # a pass held for a step that never came
         self._conclude(trainer)
 
     def on_exception(
@@ -396,28 +332,25 @@ class GradientDiagnostics(Callback):
         whose loss went non-finite (CPU), whose gradients are not computed yet; the verdict then
         rests on the monitor's word, passed on as ``diverged``.
         """
-        if not hasattr(self, "layers") or self.verdict:
+        if self.sampler is None or self.verdict:
             return
-        self._release_hooks()
-        self._finish_update()  # before appending: it completes the last sampled record
-        norms = _norms(self.layers)
-        if not bool(norms.isfinite().all()):
-            record = {"step": trainer.global_step, "pre": norms, "post": norms, "act": None}
-            self._pending.append(record)
+        self.sampler.unhook()
+        self.sampler.finish_update()  # before the next sample: it completes the last one
+        self.sampler.take_broken(trainer.global_step)
         diverged = str(exception).split(":")[0] if isinstance(exception, TrainingDiverged) else ""
         self._conclude(trainer, diverged)
 
     def _conclude(self, trainer: L.Trainer, diverged: str = "") -> None:
         """Judge the samples; write the verdict, its history and the figure on rank zero."""
-        self._release_hooks()
-        self._finish_update()
+        self.sampler.unhook()
+        self.sampler.finish_update()
         self._flush(trainer)
         samples = Samples(
-            numel=[layer.weight.numel() for layer in self.layers],
+            numel=self.sampler.sizes,
             steps=self.steps,
             grad_norms=self.grad_norms,
             activations=self.activation_history,
-            selu=bool(self.activations) and all(isinstance(a, nn.SELU) for a in self.activations),
+            selu=self.sampler.selu,
             diverged=diverged,
         )
         self.verdict = judge(samples, self.thresholds)
