@@ -214,7 +214,7 @@ def tiny_task(folder: Path) -> list[str]:
 
 def member_folder(sweep: Path, number: int) -> Path:
     """Sweep member ``number``'s folder, named ``<number>`` or ``<number>_<setting>``."""
-    from dnnlab.app.members import member_number
+    from dnnlab.evaluate.report import member_number
 
     (folder,) = [p for p in sweep.iterdir() if p.is_dir() and member_number(p.name)[0] == number]
     return folder

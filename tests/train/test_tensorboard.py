@@ -10,8 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import call_script, load_script, tiny_task
-from dnnlab.app.members import MOST_CHARACTERS, SWEPT, member_dir, member_number, swept_keys
-from dnnlab.evaluate.report import _cell
+from dnnlab.app.members import MOST_CHARACTERS, SWEPT, member_dir, swept_keys
+from dnnlab.evaluate.report import _cell, member_number
 
 logging.getLogger("tensorboard").setLevel(logging.WARNING)
 

@@ -60,12 +60,6 @@ def member_dir(num: Any, overrides: Iterable[str] | None, sweeper_params: Any = 
     return name if len(name) <= MOST_CHARACTERS else name[: MOST_CHARACTERS - 3] + "..."
 
 
-def member_number(name: str) -> tuple[int, str]:
-    """A member folder's job number, for sorting ``10_...`` after ``9_...``."""
-    head = name.split("_", 1)[0]
-    return (int(head) if head.isdigit() else -1, name)
-
-
 def register() -> None:
     if not OmegaConf.has_resolver("member_dir"):
         OmegaConf.register_new_resolver("member_dir", member_dir)

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import yaml
 
-from dnnlab.app.members import member_number
 from dnnlab.files import FAILED_FILE, atomic_write, atomic_write_text
 
 COLUMNS = {  # report column -> key in metrics.json's metrics
@@ -45,6 +44,13 @@ class Member:
     @property
     def ok(self) -> bool:
         return self.summary is not None
+
+
+def member_number(name: str) -> tuple[int, str]:
+    """A member folder's job number (the sweep names it ``<num>_<setting>``, see
+    :mod:`dnnlab.app.members`), for sorting ``10_...`` after ``9_...``."""
+    head = name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else -1, name)
 
 
 def _overrides(folder: Path) -> dict[str, str]:
