@@ -30,6 +30,7 @@ from dnnlab.ranges import (
     positive,
     positive_int,
 )
+from dnnlab.settings import table as settings_table
 from dnnlab.train import lr_finder, transfer
 
 # (rule, valid values, invalid values, its words)
@@ -72,7 +73,7 @@ def module_tables() -> dict[str, Rule]:
     tables = {
         "optimizer.": optimizers.RULES,
         "scheduler.schedule.": schedules.RULES,
-        "regularization.": regularization.RULES,
+        "regularization.": settings_table(regularization.Regularization).rules,
         "transfer.": transfer.RULES,
         "tune.": lr_finder.RULES,
         "data.": datamodule.RULES,
@@ -88,7 +89,7 @@ def module_tables() -> dict[str, Rule]:
         **rules,
         "seed": SEED,
         "scheduler.frequency": schedules.FREQUENCY,
-        "clipping.threshold": clipping.THRESHOLD,
+        "clipping.threshold": settings_table(clipping.ClippingSettings).rules["threshold"],
         "model.variance_scaling.scale": initializers.SCALE,
         "mc_dropout.samples": evaluation.SAMPLES,
         f"model.hidden{ITEM}": mlp.LAYER_SIZE,

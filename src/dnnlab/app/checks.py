@@ -45,6 +45,7 @@ def range_rules() -> dict[str, Rule]:
     from dnnlab.evaluate import evaluation
     from dnnlab.model import blocks, initializers, mlp
     from dnnlab.optim import clipping, optimizers, regularization, schedules
+    from dnnlab.settings import table
     from dnnlab.train import lr_finder, threads, transfer
 
     return {
@@ -55,8 +56,8 @@ def range_rules() -> dict[str, Rule]:
         **under("scheduler.schedule", schedules.RULES),
         **under("scheduler.schedule", schedules.ITEM_RULES, ITEM),
         "scheduler.frequency": schedules.FREQUENCY,
-        **under("regularization", regularization.RULES),
-        "clipping.threshold": clipping.THRESHOLD,
+        **under("regularization", table(regularization.Regularization).rules),
+        **under("clipping", table(clipping.ClippingSettings).rules),
         **under("transfer", transfer.RULES),
         **under("tune", lr_finder.RULES),
         **under("callbacks.gradient_diagnostics", diagnostics.RULES),
