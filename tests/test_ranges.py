@@ -1,5 +1,5 @@
 """One rule per meaning: the rule objects, their one-line message, and that the config checks
-use the very objects the modules check their own arguments with."""
+use the very objects the settings classes check their own fields with."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
 
-from dnnlab.app.checks import ITEM, check_ranges, range_rules
+from dnnlab.app.checks import ITEM, check_ranges, range_rules, settings_classes
 from dnnlab.app.compose import compose_config
-from dnnlab.callbacks.diagnostics import callback as diagnostics
-from dnnlab.callbacks.diagnostics import verdict
-from dnnlab.data import datamodule
+from dnnlab.data.datamodule import DataSettings
 from dnnlab.errors import ConfigError
-from dnnlab.evaluate import evaluation
-from dnnlab.model import blocks, initializers, mlp
-from dnnlab.optim import clipping, optimizers, regularization, schedules
+from dnnlab.model.blocks import BatchNormChoice
+from dnnlab.optim.regularization import Regularization
 from dnnlab.ranges import (
     SEED,
     Rule,
@@ -31,7 +28,9 @@ from dnnlab.ranges import (
     positive_int,
 )
 from dnnlab.settings import table as settings_table
-from dnnlab.train import lr_finder, transfer
+
+SIZES = {"val_size": 10, "val_split": "last", "batch_size": 8, "eval_batch_size": 8}
+SIZES |= {"steps_per_block": 1, "train_size": None}
 
 # (rule, valid values, invalid values, its words)
 RULES = [
@@ -68,39 +67,42 @@ def test_booleans_text_and_null_are_refused_in_the_same_line(value: object, show
         check_number("lr", value, positive("a learning rate"))
 
 
-def module_tables() -> dict[str, Rule]:
-    """Every config key pattern a module checks, with the rule object the module checks it with."""
-    tables = {
-        "optimizer.": optimizers.RULES,
-        "scheduler.schedule.": schedules.RULES,
-        "regularization.": settings_table(regularization.Regularization).rules,
-        "transfer.": transfer.RULES,
-        "tune.": lr_finder.RULES,
-        "data.": datamodule.RULES,
-        "*.": blocks.RULES,
-        "callbacks.gradient_diagnostics.": diagnostics.RULES,
-        "callbacks.gradient_diagnostics.verdict.": verdict.RULES,
-    }
-    item_tables = {"optimizer.": optimizers.ITEM_RULES, "scheduler.schedule.": schedules.ITEM_RULES}
-    rules = {f"{p}{name}": rule for p, table in tables.items() for name, rule in table.items()}
-    for p, table in item_tables.items():
-        rules |= {f"{p}{name}{ITEM}": rule for name, rule in table.items()}
-    return {
-        **rules,
-        "seed": SEED,
-        "scheduler.frequency": schedules.FREQUENCY,
-        "clipping.threshold": settings_table(clipping.ClippingSettings).rules["threshold"],
-        "model.variance_scaling.scale": initializers.SCALE,
-        "mc_dropout.samples": evaluation.SAMPLES,
-        f"model.hidden{ITEM}": mlp.LAYER_SIZE,
-    }
+def declared_rules() -> dict[str, Rule]:
+    """Every config key a settings class (or rule table) declares a rule for, with its rule
+    object: read from the classes themselves, not copied here."""
+    rules = {}
+    for group, sources in settings_classes().items():
+        for source in map(settings_table, sources):
+            rules |= {f"{group}.{name}": rule for name, rule in source.rules.items()}
+            rules |= {f"{group}.{name}{ITEM}": rule for name, rule in source.items.items()}
+    return rules
 
 
-def test_config_checks_use_the_modules_rule_objects() -> None:
-    """A bound is written once: the config check holds the module's object, not a copy."""
+def test_config_checks_use_the_settings_rule_objects() -> None:
+    """A bound is written once: the config check holds the settings field's object, not a copy."""
     rules = range_rules()
-    for key, rule in module_tables().items():
+    declared = declared_rules()
+    assert "model.hidden[[]*]" in declared and "clipping.threshold" in declared
+    for key, rule in declared.items():
         assert rules[key] is rule, key
+    assert rules["seed"] is SEED
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "key"),
+    [
+        (Regularization, {"l1": -1}, "regularization.l1"),
+        (BatchNormChoice, {"momentum": 2}, "model.bn_momentum"),
+        (DataSettings, dict(SIZES, batch_size=0), "data.batch_size"),
+    ],
+)
+def test_a_settings_object_names_the_key_its_builder_gives(cls, kwargs, key) -> None:
+    """The library names fields; the key prefix comes from where the group is built."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is out of range"):
+        cls(**kwargs)
+    name = key.rpartition(".")[2]
+    with pytest.raises(ConfigError, match=rf"^elsewhere\.{name}=.* is out of range"):
+        cls(**kwargs, key="elsewhere")
 
 
 def test_the_seed_rule_is_the_range_seed_everything_accepts() -> None:

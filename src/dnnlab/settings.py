@@ -31,17 +31,20 @@ def setting(
     items: Rule | None = None,
     choices: Collection[Any] | None = None,
     boolean: bool = False,
+    nullable: bool = False,
     name: str = "",
     doc: str = "",
 ) -> Any:
     """A settings field: ``rule`` for a number, ``items`` for each item of a list, ``choices``
-    for a name, ``boolean`` for true/false; ``name`` is the config key when it differs from the
-    field's (``bn_momentum`` for ``BatchNormChoice.momentum``); ``doc`` says what it does."""
+    for a name (``nullable``: or null), ``boolean`` for true/false; ``name`` is the config key
+    when it differs from the field's (``bn_momentum`` for ``BatchNormChoice.momentum``);
+    ``doc`` says what it does."""
     metadata = {
         "rule": rule,
         "items": items,
         "choices": choices,
         "boolean": boolean,
+        "nullable": nullable,
         "name": name,
         "doc": doc,
     }
@@ -79,7 +82,7 @@ def table(source: Source) -> RuleTable:
 def check_value(key: str, value: Any, f: dataclasses.Field) -> None:
     """One field's value against its declaration; ``key`` names it in the error."""
     meta = f.metadata
-    if meta.get("choices") is not None:
+    if meta.get("choices") is not None and not (value is None and meta.get("nullable")):
         choices = meta["choices"]
         lookup(choices if isinstance(choices, Mapping) else dict.fromkeys(choices), key, value)
     if meta.get("boolean") and not isinstance(value, bool):
