@@ -103,11 +103,11 @@ def check_fields(obj: Any, key: str, skip: Collection[str] = ()) -> None:
 
 
 def check_values(key: str, source: Source, values: Mapping[str, Any]) -> None:
-    """The numbers of ``values`` (argument name -> value) that ``source`` has a rule for, named
-    ``<key>.<name>``; null is skipped for a table (the argument's own default applies)."""
+    """The values of ``values`` (argument name -> value) that ``source`` has a rule or choices
+    for, named ``<key>.<name>``; a name it does not know is the target's own to check."""
     rules = table(source)
     for name, value in values.items():
-        if name in rules.choices and value is not None:
+        if name in rules.choices:
             lookup(dict.fromkeys(rules.choices[name]), f"{key}.{name}", value)
         if name in rules.rules:
             check_number(f"{key}.{name}", value, rules.rules[name])

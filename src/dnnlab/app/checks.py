@@ -5,8 +5,8 @@ Hydra's grammar types a command-line value (``0.1`` is a float, ``abc`` a string
 are plain YAML without schemas, so a wrong type would surface deep inside torch or Lightning.
 Here the type a key has in the config *before* the command line's value overrides is the type the
 user must give; ranges come from the book's definitions (rates are non-negative, a dropout rate
-lies in [0, 1)). The rules are the objects the modules check their own arguments with, so a bound
-is written once.
+lies in [0, 1)). The rules and choices are read from the settings classes the modules check
+their own settings with (:func:`settings_classes`: group -> classes), so a bound is written once.
 """
 
 from __future__ import annotations
