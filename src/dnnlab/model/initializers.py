@@ -86,16 +86,16 @@ def init_choices() -> list[str]:
     return [*NAMED, "variance_scaling", PYTORCH, "default", "auto"]
 
 
-# init name -> (scale, mode, distribution or None: per ``init_normal``); None for the names that
-# are no preset: ``variance_scaling`` and ``pytorch`` are built apart, ``auto`` and ``default``
-# name one (resolve_init).
+def _preset(name: str) -> tuple[float, str, str | None]:
+    """(scale, mode, distribution) of a named initializer; None: ``*_normal``'s, per parity."""
+    family, _, draw = name.rpartition("_")
+    return (*FAMILIES[family], None if draw == "normal" else "uniform")
+
+
+# init name -> its preset; None for the names that are none: ``variance_scaling`` and
+# ``pytorch`` are built apart, ``auto`` and ``default`` name one (resolve_init).
 INITS: dict[str, tuple[float, str, str | None] | None] = {
-    **{name: (*FAMILIES[name.rpartition("_")[0]], None) for name in NAMED if "_normal" in name},
-    **{
-        name: (*FAMILIES[name.rpartition("_")[0]], "uniform")
-        for name in NAMED
-        if "_uniform" in name
-    },
+    **{name: _preset(name) for name in NAMED},
     **dict.fromkeys(init_choices()[len(NAMED) :]),
 }
 NORMALS = {"normal": "plain normal draws (PyTorch)", "truncated_normal": "cut at 2 std (Keras)"}
@@ -128,7 +128,7 @@ def make_initializer(
     if init == "variance_scaling":
         return from_mapping(VarianceScaling, variance_scaling, f"{key}.variance_scaling")
     if preset is None:
-        raise ConfigError(f"{key}.init={init!r} names no initializer before resolve_init")
+        raise ConfigError(f"{key}.init={init!r} must be resolved first (resolve_init)")
     lookup(NORMALS, "parity.init_normal", normal)  # model.init_normal's default, parity's
     scale, mode, distribution = preset
     return VarianceScaling(scale, mode, distribution or normal)
