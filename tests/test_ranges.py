@@ -8,8 +8,9 @@ import re
 import numpy as np
 import pytest
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+from omegaconf import OmegaConf
 
-from dnnlab.app.checks import ITEM, check_ranges, range_rules, settings_classes
+from dnnlab.app.checks import check_ranges, range_rules, settings_classes
 from dnnlab.app.compose import compose_config
 from dnnlab.data.datamodule import DataSettings
 from dnnlab.errors import ConfigError
@@ -67,25 +68,30 @@ def test_booleans_text_and_null_are_refused_in_the_same_line(value: object, show
         check_number("lr", value, positive("a learning rate"))
 
 
-def declared_rules() -> dict[str, Rule]:
-    """Every config key a settings class (or rule table) declares a rule for, with its rule
-    object: read from the classes themselves, not copied here."""
-    rules = {}
+def declared_rules() -> list[tuple[str, Rule, bool]]:
+    """(config key, rule, of each list item) of every field a settings class (or rule table)
+    declares a rule for: read from the classes themselves, not copied here."""
+    declared = []
     for group, sources in settings_classes().items():
         for source in map(settings_table, sources):
-            rules |= {f"{group}.{name}": rule for name, rule in source.rules.items()}
-            rules |= {f"{group}.{name}{ITEM}": rule for name, rule in source.items.items()}
-    return rules
+            declared += [(f"{group}.{name}", rule, False) for name, rule in source.rules.items()]
+            declared += [(f"{group}.{name}", rule, True) for name, rule in source.items.items()]
+    return declared
 
 
-def test_config_checks_use_the_settings_rule_objects() -> None:
-    """A bound is written once: the config check holds the settings field's object, not a copy."""
-    rules = range_rules()
+def test_the_check_before_any_data_holds_every_declared_rule() -> None:
+    """A bound is written once: a value outside it fails the config check with the settings
+    field's own words (-1e9 is outside every rule's range)."""
     declared = declared_rules()
-    assert "model.hidden[[]*]" in declared and "clipping.threshold" in declared
-    for key, rule in declared.items():
-        assert rules[key] is rule, key
-    assert rules["seed"] is SEED
+    keys = [key for key, _, _ in declared]
+    assert {"model.hidden", "clipping.threshold", "optimizer.betas", "parity.bn_eps"} <= set(keys)
+    for key, rule, each in declared:
+        cfg = OmegaConf.create()
+        OmegaConf.update(cfg, key, [-1e9] if each else -1e9)
+        shown = f"{key}[0]" if each else key
+        message = f"{shown}=-1000000000.0 is out of range; expected {rule.expected}"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            check_ranges(cfg, range_rules())
 
 
 @pytest.mark.parametrize(
