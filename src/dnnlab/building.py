@@ -75,7 +75,7 @@ def target_of(node: Mapping[str, Any], key: str) -> Any:
         raise ConfigError(f"{key}._target_={target!r} is not an importable callable") from None
 
 
-def build(node: Mapping[str, Any], key: str, **kwargs: Any) -> Any:
+def build(node: Mapping[str, Any], key: str, /, **kwargs: Any) -> Any:
     """``instantiate(node, **kwargs)`` with plain containers (primitive, checkpoint-safe state).
 
     A ``DnnlabError`` raised by the target itself passes through unchanged; an unimportable

@@ -46,6 +46,21 @@ def unknown_key(given: str, name: str, where: str, valid: Iterable[str]) -> Conf
     return ConfigError(f"{given}: unknown key {name!r} in {where}; valid keys: {listed}")
 
 
+def describe(changes: Mapping[str, tuple[object, object]]) -> str:
+    """``key: old -> new`` for each change, in one line."""
+    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
+def refusal(refused: Mapping[str, tuple[object, object]]) -> str:
+    """The one message form of a refused resume: the loader's state refuses another layout
+    as the resume check refuses a changed setting."""
+    return (
+        "a resume continues the same run, but these settings differ from the checkpoint's "
+        f"(checkpoint -> now): {describe(refused)}; resume with the checkpoint's values, "
+        "or start a new run without ckpt_path"
+    )
+
+
 def lookup(registry: Mapping[str, T], key: str, name: str) -> T:
     """Registry access that fails with :func:`invalid_choice` instead of a KeyError."""
     try:

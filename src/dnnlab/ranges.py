@@ -82,6 +82,17 @@ PENALTY = non_negative("a penalty factor")  # regularization.l1, regularization.
 DROPOUT_RATE = fraction("a dropout rate")
 LEARNING_RATE = positive("a learning rate")  # optimizer.lr, schedules, transfer.unfreeze_lr
 MOMENTUM = fraction("a momentum")  # optimizer.momentum, 1cycle's momentum range
+# Key endings that say what a setting is wherever it sits: a group option added later (another
+# regularizer's dropout.rate, another optimizer's l1) is checked before any settings class
+# declares it.
+BY_NAME: dict[str, Rule] = {
+    "dropout": DROPOUT_RATE,
+    "dropout_rate": DROPOUT_RATE,
+    "dropout.rate": DROPOUT_RATE,
+    "dropout.p": DROPOUT_RATE,
+    ".l1": PENALTY,
+    ".l2": PENALTY,
+}
 # seed: the range Lightning's seed_everything (NumPy's generator) accepts; null is refused, as
 # its random pick would leave the run without the seed that reproduces it.
 SEED = integers("a seed", 0, 2**32 - 1)

@@ -1,5 +1,5 @@
 """One rule per meaning: the rule objects, their one-line message, and that the config checks
-use the very objects the modules check their own arguments with."""
+use the very objects the settings classes check their own fields with."""
 
 from __future__ import annotations
 
@@ -8,16 +8,14 @@ import re
 import numpy as np
 import pytest
 from lightning.fabric.utilities.seed import max_seed_value, min_seed_value
+from omegaconf import OmegaConf
 
-from dnnlab.app.checks import ITEM, check_ranges, range_rules
+from dnnlab.app.checks import check_ranges, range_rules, settings_classes
 from dnnlab.app.compose import compose_config
-from dnnlab.callbacks.diagnostics import callback as diagnostics
-from dnnlab.callbacks.diagnostics import verdict
-from dnnlab.data import datamodule
+from dnnlab.data.datamodule import DataSettings
 from dnnlab.errors import ConfigError
-from dnnlab.evaluate import evaluation
-from dnnlab.model import blocks, initializers, mlp
-from dnnlab.optim import clipping, optimizers, regularization, schedules
+from dnnlab.model.blocks import BatchNormChoice
+from dnnlab.optim.regularization import Regularization
 from dnnlab.ranges import (
     SEED,
     Rule,
@@ -30,7 +28,10 @@ from dnnlab.ranges import (
     positive,
     positive_int,
 )
-from dnnlab.train import lr_finder, transfer
+from dnnlab.settings import table as settings_table
+
+SIZES = {"val_size": 10, "val_split": "last", "batch_size": 8, "eval_batch_size": 8}
+SIZES |= {"steps_per_block": 1, "train_size": None}
 
 # (rule, valid values, invalid values, its words)
 RULES = [
@@ -67,39 +68,47 @@ def test_booleans_text_and_null_are_refused_in_the_same_line(value: object, show
         check_number("lr", value, positive("a learning rate"))
 
 
-def module_tables() -> dict[str, Rule]:
-    """Every config key pattern a module checks, with the rule object the module checks it with."""
-    tables = {
-        "optimizer.": optimizers.RULES,
-        "scheduler.schedule.": schedules.RULES,
-        "regularization.": regularization.RULES,
-        "transfer.": transfer.RULES,
-        "tune.": lr_finder.RULES,
-        "data.": datamodule.RULES,
-        "*.": blocks.RULES,
-        "callbacks.gradient_diagnostics.": diagnostics.RULES,
-        "callbacks.gradient_diagnostics.verdict.": verdict.RULES,
-    }
-    item_tables = {"optimizer.": optimizers.ITEM_RULES, "scheduler.schedule.": schedules.ITEM_RULES}
-    rules = {f"{p}{name}": rule for p, table in tables.items() for name, rule in table.items()}
-    for p, table in item_tables.items():
-        rules |= {f"{p}{name}{ITEM}": rule for name, rule in table.items()}
-    return {
-        **rules,
-        "seed": SEED,
-        "scheduler.frequency": schedules.FREQUENCY,
-        "clipping.threshold": clipping.THRESHOLD,
-        "model.variance_scaling.scale": initializers.SCALE,
-        "mc_dropout.samples": evaluation.SAMPLES,
-        f"model.hidden{ITEM}": mlp.LAYER_SIZE,
-    }
+def declared_rules() -> list[tuple[str, Rule, bool]]:
+    """(config key, rule, of each list item) of every field a settings class (or rule table)
+    declares a rule for: read from the classes themselves, not copied here."""
+    declared = []
+    for group, sources in settings_classes().items():
+        for source in map(settings_table, sources):
+            declared += [(f"{group}.{name}", rule, False) for name, rule in source.rules.items()]
+            declared += [(f"{group}.{name}", rule, True) for name, rule in source.items.items()]
+    return declared
 
 
-def test_config_checks_use_the_modules_rule_objects() -> None:
-    """A bound is written once: the config check holds the module's object, not a copy."""
-    rules = range_rules()
-    for key, rule in module_tables().items():
-        assert rules[key] is rule, key
+def test_the_check_before_any_data_holds_every_declared_rule() -> None:
+    """A bound is written once: a value outside it fails the config check with the settings
+    field's own words (-1e9 is outside every rule's range)."""
+    declared = declared_rules()
+    keys = [key for key, _, _ in declared]
+    assert {"model.hidden", "clipping.threshold", "optimizer.betas", "parity.bn_eps"} <= set(keys)
+    for key, rule, each in declared:
+        cfg = OmegaConf.create()
+        OmegaConf.update(cfg, key, [-1e9] if each else -1e9)
+        shown = f"{key}[0]" if each else key
+        message = f"{shown}=-1000000000.0 is out of range; expected {rule.expected}"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            check_ranges(cfg, range_rules())
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "key"),
+    [
+        (Regularization, {"l1": -1}, "regularization.l1"),
+        (BatchNormChoice, {"momentum": 2}, "model.bn_momentum"),
+        (DataSettings, dict(SIZES, batch_size=0), "data.batch_size"),
+    ],
+)
+def test_a_settings_object_names_the_key_its_builder_gives(cls, kwargs, key) -> None:
+    """The library names fields; the key prefix comes from where the group is built."""
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is out of range"):
+        cls(**kwargs)
+    name = key.rpartition(".")[2]
+    with pytest.raises(ConfigError, match=rf"^elsewhere\.{name}=.* is out of range"):
+        cls(**kwargs, key="elsewhere")
 
 
 def test_the_seed_rule_is_the_range_seed_everything_accepts() -> None:

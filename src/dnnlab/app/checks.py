@@ -5,8 +5,8 @@ Hydra's grammar types a command-line value (``0.1`` is a float, ``abc`` a string
 are plain YAML without schemas, so a wrong type would surface deep inside torch or Lightning.
 Here the type a key has in the config *before* the command line's value overrides is the type the
 user must give; ranges come from the book's definitions (rates are non-negative, a dropout rate
-lies in [0, 1)). The rules are the objects the modules check their own arguments with, so a bound
-is written once.
+lies in [0, 1)). The rules and choices are read from the settings classes the modules check
+their own settings with (:func:`settings_classes`: group -> classes), so a bound is written once.
 """
 
 from __future__ import annotations
@@ -18,77 +18,74 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from dnnlab.app.compose import group_options
 from dnnlab.errors import ConfigError, lookup
-from dnnlab.ranges import DROPOUT_RATE, PENALTY, SEED, Rule, check, out_of_range
+from dnnlab.ranges import BY_NAME, SEED, Rule, check, out_of_range
+from dnnlab.settings import table
 
 # fnmatch for "any item of the list" (leaves() names items ``key[i]``; ``[[]`` is a literal "[").
 ITEM = "[[]*]"
 
 
-def under(prefix: str, rules: Mapping[str, Rule], suffix: str = "") -> dict[str, Rule]:
-    """A module's rule table (setting name -> rule) as patterns of full dotted keys."""
-    return {f"{prefix}.{name}{suffix}": rule for name, rule in rules.items()}
-
-
 @functools.cache
-def range_rules() -> dict[str, Rule]:
-    """Full dotted key pattern -> its rule, taken from the modules that check the same values.
-
-    Patterns match any group option that has the key, so optimizers and regularizers added later
-    are checked without a change here. Built on first use, not at import: the cli (and through
-    it the sweep report) imports this module for the type checks alone, and the data and
-    transfer modules import Lightning, which takes seconds.
-    """
+def settings_classes() -> dict[str, tuple[Any, ...]]:
+    """Config path of a group -> the settings classes (or rule tables) that declare its keys:
+    the one table of where each setting is checked. Built on first use, not at import: the
+    cli (and through it the sweep report) imports this module for the type checks alone, and
+    the data and transfer modules import Lightning, which takes seconds."""
     from dnnlab.callbacks.diagnostics import callback as diagnostics
     from dnnlab.callbacks.diagnostics import verdict
     from dnnlab.data import datamodule
     from dnnlab.evaluate import evaluation
     from dnnlab.model import blocks, initializers, mlp
     from dnnlab.optim import clipping, optimizers, regularization, schedules
-    from dnnlab.train import lr_finder, threads, transfer
+    from dnnlab.train import lr_finder, transfer
 
     return {
-        "seed": SEED,
-        "threads": threads.RULE,
-        **under("optimizer", optimizers.RULES),
-        **under("optimizer", optimizers.ITEM_RULES, ITEM),
-        **under("scheduler.schedule", schedules.RULES),
-        **under("scheduler.schedule", schedules.ITEM_RULES, ITEM),
-        "scheduler.frequency": schedules.FREQUENCY,
-        **under("regularization", regularization.RULES),
-        "clipping.threshold": clipping.THRESHOLD,
-        **under("transfer", transfer.RULES),
-        **under("tune", lr_finder.RULES),
-        **under("callbacks.gradient_diagnostics", diagnostics.RULES),
-        **under("callbacks.gradient_diagnostics.verdict", verdict.RULES),
-        "mc_dropout.samples": evaluation.SAMPLES,
-        f"model.hidden{ITEM}": mlp.LAYER_SIZE,
-        **under("data", datamodule.RULES),
-        **under("*", blocks.RULES),  # model.bn_momentum and the parity default it interpolates
-        "model.variance_scaling.scale": initializers.SCALE,
-        "*dropout": DROPOUT_RATE,  # model.alpha_dropout too
-        "*dropout_rate": DROPOUT_RATE,
-        "*dropout.rate": DROPOUT_RATE,
-        "*dropout.p": DROPOUT_RATE,
-        "*.l1": PENALTY,
-        "*.l2": PENALTY,
+        "model": (mlp.Layers, blocks.BatchNormChoice, blocks.DropoutChoice),
+        "model.variance_scaling": (initializers.VarianceScaling,),
+        "parity": (blocks.BatchNormChoice,),  # the library defaults model.bn_* interpolate
+        "optimizer": (optimizers.SETTINGS,),  # any optimizer's arguments, by name
+        "scheduler": (schedules.SchedulerSettings,),
+        "scheduler.schedule": (schedules.SETTINGS,),  # any schedule's arguments, by name
+        "regularization": (regularization.Regularization,),
+        "clipping": (clipping.ClippingSettings,),
+        "transfer": (transfer.TransferSettings,),
+        "tune": (lr_finder.TuneSettings,),
+        "data": (datamodule.DataSettings,),
+        "mc_dropout": (evaluation.MCDropoutSettings,),
+        "callbacks.gradient_diagnostics": (diagnostics.DiagnosticsSettings,),
+        "callbacks.gradient_diagnostics.verdict": (verdict.Thresholds,),
     }
 
 
 @functools.cache
-def choices() -> dict[str, Collection[str]]:
-    """Dotted key -> its valid names, for settings whose builder runs only once the data is
-    read, or not at all (``transfer.frozen_bn`` without freezing). Built on first use, as
-    :func:`range_rules`."""
-    from dnnlab.evaluate import evaluation
-    from dnnlab.optim import schedules
-    from dnnlab.train import transfer
+def range_rules() -> dict[str, Rule]:
+    """Full dotted key pattern -> its rule, derived from the settings classes (the objects the
+    modules check the same values with), and the top-level settings; then the meanings
+    :data:`dnnlab.ranges.BY_NAME` gives any key of theirs no class declares yet."""
+    from dnnlab.train import threads
 
-    return {
-        "transfer.frozen_bn": transfer.FROZEN_BN_MODES,
-        "scheduler.interval": schedules.INTERVALS,
-        "split": evaluation.SPLITS,  # eval.py's
-    }
+    rules: dict[str, Rule] = {"seed": SEED, "threads": threads.RULE}
+    for group, sources in settings_classes().items():
+        for source in map(table, sources):
+            rules |= {f"{group}.{name}": rule for name, rule in source.rules.items()}
+            rules |= {f"{group}.{name}{ITEM}": rule for name, rule in source.items.items()}
+    return rules | {f"*{ending}": rule for ending, rule in BY_NAME.items()}
+
+
+@functools.cache
+def choices() -> dict[str, Collection[str]]:
+    """Dotted key -> its valid names, from the same settings classes: also those whose builder
+    runs only once the data is read, or not at all (``transfer.frozen_bn`` without freezing).
+    Built on first use, as :func:`range_rules`."""
+    from dnnlab.evaluate import evaluation
+
+    named: dict[str, Collection[str]] = {"split": evaluation.SPLITS}  # eval.py's
+    for group, sources in settings_classes().items():
+        for source in map(table, sources):
+            named |= {f"{group}.{name}": names for name, names in source.choices.items()}
+    return named
 
 
 def leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
@@ -106,8 +103,9 @@ def leaves(node: Any, key: str = "") -> Iterator[tuple[str, Any]]:
 
 def check_ranges(cfg: DictConfig, rules: Mapping[str, Rule] | None = None) -> None:
     """Raise :class:`ConfigError` for the first number outside its valid range (``rules``:
-    :func:`range_rules`), then for the first name outside its :func:`choices`: on every config,
-    whichever of its settings the run's builders will use."""
+    :func:`range_rules`), then for the first name outside its :func:`choices`, then for a
+    scheduler setting without a schedule: on every config, whichever of its settings the
+    run's builders will use."""
     rules = range_rules() if rules is None else rules
     for key, value in leaves(OmegaConf.to_container(cfg, resolve=False)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
@@ -121,6 +119,19 @@ def check_ranges(cfg: DictConfig, rules: Mapping[str, Rule] | None = None) -> No
             else:
                 check(key, value, rule)
     check_choices(cfg)
+    check_scheduler_node(cfg)
+
+
+def check_scheduler_node(cfg: DictConfig) -> None:
+    """The scheduler node's keys, and a schedule for its settings, naming the config's
+    schedules (the library check, :func:`dnnlab.optim.schedules.check_scheduler_keys`, cannot
+    know them)."""
+    node = cfg.get("scheduler")
+    if node:
+        from dnnlab.optim.schedules import check_scheduler_keys
+
+        plain_node = OmegaConf.to_container(node, resolve=False)
+        check_scheduler_keys(plain_node, "scheduler", group_options("scheduler"))
 
 
 def check_choices(cfg: DictConfig, valid: Mapping[str, Collection[str]] | None = None) -> None:

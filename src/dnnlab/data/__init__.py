@@ -10,6 +10,7 @@ from dnnlab.data.datamodule import IdxDataModule
 __all__ = ["IdxDataModule", "build_datamodule"]
 
 
-def build_datamodule(cfg: DictConfig) -> IdxDataModule:
-    """The run's ``data`` config as its datamodule (``train.py`` and ``eval.py`` alike)."""
-    return build(cfg.data, "data")
+def build_datamodule(cfg: DictConfig, key: str = "data") -> IdxDataModule:
+    """The run's ``data`` config (at ``key``) as its datamodule (``train.py`` and ``eval.py``
+    alike); the datamodule's errors name ``key``."""
+    return build(cfg[key], key, key=key)

@@ -12,8 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dnnlab.errors import ConfigError
-from dnnlab.train.resume import KEY, refusal
+from dnnlab.errors import ConfigError, refusal
 
 
 class EpochOrder:
@@ -72,7 +71,9 @@ class TensorBatches:
         sampler: EpochOrder,
         steps_per_block: int | None = None,
         transform: Callable[[Tensor], Tensor] | None = None,
+        key: str = "",
     ) -> None:
+        self.key = key  # where the config holds the batch settings, named in a refusal
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images, self.labels, self.batch_size, self.sampler = (
@@ -140,12 +141,13 @@ class TensorBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         # train.py refuses another layout before fit (dnnlab.train.resume); this guards library use.
         layout = {"batch_size": self.batch_size, "steps_per_block": self.steps_per_block or 0}
+        prefix = f"{self.key}." if self.key else ""
         changed = {
-            f"data.{key}": (state[key], value)
-            for key, value in layout.items()
-            if state.get(key, value) != value
+            f"{prefix}{name}": (state[name], value)
+            for name, value in layout.items()
+            if state.get(name, value) != value
         }
         if changed:
-            raise ConfigError(f"{KEY}: {refusal(changed)}")
+            raise ConfigError(f"ckpt_path: {refusal(changed)}")  # the setting that resumes
         self.sampler.set_epoch(state["epoch"])
         self._resume_at = (state["epoch"], state["handed_out"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +16,51 @@ from torch import Tensor
 from dnnlab.data.batches import EpochOrder, TensorBatches
 from dnnlab.data.idx import parse_idx, read_idx_bytes
 from dnnlab.data.sources import SPLIT_FILES, get_spec, locate, verified_bytes
-from dnnlab.errors import ConfigError, DataError, lookup
-from dnnlab.ranges import Rule, check_all, or_null, positive_int
+from dnnlab.errors import ConfigError, DataError
+from dnnlab.ranges import or_null, positive_int
+from dnnlab.settings import check_fields, default_key, setting
 
 VAL_SPLITS = ("last", "first", "random")
 IMAGE_SHAPE = (28, 28)  # (Fashion-)MNIST's, and the input_shape every model is built for
 BATCH_SIZE = positive_int("a batch size")
-# data.<key> -> its rule, checked here and by dnnlab.app.checks before any data is read.
-RULES: dict[str, Rule] = {
-    "batch_size": BATCH_SIZE,
-    "eval_batch_size": BATCH_SIZE,
-    "steps_per_block": positive_int("a number of optimizer steps per block"),
-    "val_size": positive_int("a number of validation images"),
-    "train_size": or_null(positive_int("a number of training images"), "all of them"),
-}
 
 
-def check_block_for_processes(steps_per_block: int, world_size: int) -> None:
+@dataclass(frozen=True)
+class DataSettings:
+    """How the ``data`` group splits and batches a dataset (checked here and by
+    dnnlab.app.checks before any data is read)."""
+
+    val_size: int = setting(
+        rule=positive_int("a number of validation images"),
+        doc="validation images taken from the training file",
+    )
+    val_split: str = setting(choices=VAL_SPLITS, doc="which part of the training file")
+    batch_size: int = setting(rule=BATCH_SIZE, doc="training mini-batch size")
+    eval_batch_size: int = setting(rule=BATCH_SIZE, doc="validation and test batch size")
+    steps_per_block: int = setting(
+        rule=positive_int("a number of optimizer steps per block"),
+        doc="optimizer steps per Lightning batch",
+    )
+    train_size: int | None = setting(
+        rule=or_null(positive_int("a number of training images"), "all of them"),
+        doc="keep only the first N training images",
+    )
+    key: InitVar[str] = "data"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
+
+
+def check_block_for_processes(
+    steps_per_block: int, world_size: int, key: str | None = None
+) -> None:
     """One optimizer step per Lightning batch with several processes: DDP averages gradients
     once per forward of the wrapped module, so a block of steps would train each process alone.
     """
     if world_size > 1 and steps_per_block > 1:
         raise ConfigError(
-            f"data.steps_per_block={steps_per_block} must be 1 with {world_size} "
+            f"{key or default_key(DataSettings)}.steps_per_block={steps_per_block} must be 1 "
+            f"with {world_size} "
             "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
         )
 
@@ -136,18 +159,20 @@ class IdxDataModule(L.LightningDataModule):
         seed: int = 42,
         classes: Sequence[int] | None = None,
         train_size: int | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__()
-        self.spec = get_spec(name)
-        lookup(dict.fromkeys(VAL_SPLITS), "data.val_split", val_split)
-        sizes = {
-            "batch_size": batch_size,
-            "eval_batch_size": eval_batch_size,
-            "steps_per_block": steps_per_block,
-            "val_size": val_size,
-            "train_size": train_size,
-        }
-        check_all("data", RULES, sizes)
+        self.key = key or default_key(DataSettings)  # where the config holds these settings
+        self.spec = get_spec(name, f"{self.key}.name")
+        DataSettings(
+            val_size=val_size,
+            val_split=val_split,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            steps_per_block=steps_per_block,
+            train_size=train_size,
+            key=self.key,
+        )
         self.name, self.root = name, root
         self.search_dirs, self.download, self.mirrors = list(search_dirs), download, mirrors
         self.verify = verify
@@ -168,7 +193,7 @@ class IdxDataModule(L.LightningDataModule):
         valid = range(len(self.spec.classes))
         if len(ids) < 2 or len(set(ids)) != len(ids) or any(c not in valid for c in ids):
             raise ConfigError(
-                f"data.classes={ids} must list at least 2 distinct class ids of: "
+                f"{self.key}.classes={ids} must list at least 2 distinct class ids of: "
                 + ", ".join(f"{i} {name}" for i, name in enumerate(self.spec.classes))
             )
         return ids
@@ -211,7 +236,8 @@ class IdxDataModule(L.LightningDataModule):
         labels = torch.from_numpy(arrays["train_labels"].astype(np.int64))
         if self.val_size >= len(images):
             raise ConfigError(
-                f"data.val_size={self.val_size} leaves no training images ({len(images)} in all)"
+                f"{self.key}.val_size={self.val_size} leaves no training images "
+                f"({len(images)} in all)"
             )
         train_index, val_index = self._split_indices(len(images))
         train_x, train_y = images[train_index], labels[train_index]
@@ -265,11 +291,11 @@ class IdxDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = EpochOrder(len(x), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
-        return TensorBatches(x, y, batch_size, order, steps_per_block, self.pixels)
+        return TensorBatches(x, y, batch_size, order, steps_per_block, self.pixels, self.key)
 
     def train_dataloader(self) -> TensorBatches:
         if self.trainer is not None:  # train.py checks it before the processes start
-            check_block_for_processes(self.steps_per_block, self.trainer.world_size)
+            check_block_for_processes(self.steps_per_block, self.trainer.world_size, self.key)
         return self._loader(
             "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
         )

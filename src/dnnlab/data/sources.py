@@ -91,8 +91,9 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-    return lookup(DATASETS, "data.name", name)
+def get_spec(name: str, key: str = "data.name") -> DatasetSpec:
+    """The dataset ``name`` names; ``key``: the setting that names it."""
+    return lookup(DATASETS, key, name)
 
 
 def _md5(data: bytes) -> str:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from dnnlab.data import IdxDataModule, build_datamodule
 from dnnlab.errors import ConfigError, lookup, one_line
 from dnnlab.files import atomic_write_text
+from dnnlab.model.blocks import DROPOUT_TYPES
 from dnnlab.ranges import check_number, integers
+from dnnlab.settings import check_fields, default_key, setting
 from dnnlab.train.checkpoint_files import restore_classifier
 
 if TYPE_CHECKING:
@@ -33,9 +36,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PASSES = integers("a number of passes", 1)  # mc_dropout_proba's
 MC_PROGRESS_FROM = 10  # fewer passes end before a progress line would help
-SAMPLES = integers("a number of MC dropout passes (0: off)", 0)  # the mc_dropout.samples setting
 SPLITS = {"test": "test", "val": "validate"}  # eval.py's split -> Lightning's loop for it
-DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout, ...
+
+
+@dataclass(frozen=True)
+class MCDropoutSettings:
+    """The ``mc_dropout`` group: MC dropout after the test (eval.py's ``mc_samples``, ``seed``)."""
+
+    samples: int = setting(
+        rule=integers("a number of MC dropout passes (0: off)", 0),
+        doc="stochastic passes with only dropout active (0: off)",
+    )
+    seed: int = setting(doc="seeds the dropout masks of those passes")
+    key: InitVar[str] = "mc_dropout"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
 
 def dropout_layers(model: nn.Module) -> list[nn.Module]:
@@ -71,7 +87,7 @@ def mc_dropout_proba(
     The book's 100 passes over the test set take minutes on a CPU: a line every tenth of them
     (console and log, with or without a progress bar) says how far they are.
     """
-    check_number("mc_dropout.samples", samples, PASSES)
+    check_number(f"{default_key(MCDropoutSettings)}.samples", samples, PASSES)
     devices = [images.device] if images.device.type == "cuda" else []
     every = max(1, samples // 10)
     started = time.perf_counter()
@@ -139,11 +155,13 @@ def write_predictions(
     atomic_write_text(path, table.getvalue())  # whole or not at all (a full disk)
 
 
-def require_dropout(model: nn.Module, samples: int) -> None:
-    """MC dropout of a model without dropout would be the plain prediction ``samples`` times."""
+def require_dropout(model: nn.Module, samples: int, key: str | None = None) -> None:
+    """MC dropout of a model without dropout would be the plain prediction ``samples`` times
+    (``key``: where the config holds ``mc_dropout``)."""
     if not dropout_layers(model):
         raise ConfigError(
-            f"mc_dropout.samples={samples} needs dropout layers in the model "
+            f"{key or default_key(MCDropoutSettings)}.samples={samples} needs dropout layers in "
+            "the model "
             "(set model.dropout > 0)"
         )
 
@@ -279,7 +297,7 @@ def evaluate_checkpoint(
     and the split.
     """
     stage = lookup(SPLITS, "split", split)
-    check_number("mc_dropout.samples", mc_samples, SAMPLES)  # train.py's rule, before any file
+    MCDropoutSettings(mc_samples, seed)  # train.py's rules, before any file
     ckpt, out = Path(ckpt_path), Path(out_dir)
     model, _ = restore_classifier(ckpt, "ckpt_path")
     if mc_samples:

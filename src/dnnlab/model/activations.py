@@ -18,9 +18,7 @@ def prelu(units: int, shared: bool = True, init: float = 0.25) -> nn.PReLU:
 def rrelu(units: int, lower: float = 1 / 8, upper: float = 1 / 3) -> nn.RReLU:
     """Random slope in [lower, upper] while training; their mean at evaluation."""
     if not 0 <= lower <= upper:
-        raise ConfigError(
-            f"model.activation_params.rrelu: need 0 <= lower={lower} <= upper={upper}"
-        )
+        raise ValueError(f"need 0 <= lower={lower} <= upper={upper}")
     return nn.RReLU(lower, upper)
 
 
@@ -62,17 +60,21 @@ def build_activation(
     units: int,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    key: str = "model",
 ) -> nn.Module:
     """An activation for a layer of ``units`` units.
 
     ``params`` maps activation names to their keyword arguments, so the settings of every
     activation can sit in the config at once and switching ``model.activation`` needs nothing else.
+    ``key`` is where the config holds the model's settings (named in the errors).
     """
-    factory = lookup(ACTIVATIONS, "model.activation", name)
+    factory = lookup(ACTIVATIONS, f"{key}.activation", name)
     own = {k: v for k, v in activation_settings(name, params, defaults).items() if v is not None}
     try:
         return factory(units, **own)
     except TypeError:
         raise ConfigError(
-            f"model.activation_params.{name}={own} do not fit activation {name!r}"
+            f"{key}.activation_params.{name}={own} do not fit activation {name!r}"
         ) from None
+    except ValueError as err:  # the factory's own check of its values
+        raise ConfigError(f"{key}.activation_params.{name}: {err}") from None

@@ -7,14 +7,14 @@ bias, as in the book); dropout, when on, follows the block.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dnnlab.errors import invalid_choice
-from dnnlab.ranges import DROPOUT_RATE, Rule, check_number, interval, positive
+from dnnlab.ranges import DROPOUT_RATE, interval, positive
+from dnnlab.settings import check_fields, setting
 
 BATCH_NORM_PLACES = ("none", "before", "after")
 # What BN's running variance averages: the batch variance with Bessel's correction (PyTorch)
@@ -24,12 +24,8 @@ DROPOUT_KINDS = ("auto", "standard", "alpha")
 # all: the input and every hidden layer (the book's example); hidden: every hidden layer;
 # top: only the last hidden layer (the book: "usually only the top one to three layers").
 DROPOUT_PLACES = ("all", "hidden", "top")
-# BatchNorm setting -> its rule, checked here and by dnnlab.app.checks (model.bn_<key>, and the
-# parity defaults that fill them in) before any data is read; dropout follows DROPOUT_RATE.
-RULES: dict[str, Rule] = {
-    "bn_momentum": interval("a BatchNorm momentum", 0, 1, "[]"),
-    "bn_eps": positive("a BatchNorm epsilon"),
-}
+# What holds no weights and is stochastic only in training: every dropout module of torch.
+DROPOUT_TYPES = (nn.modules.dropout._DropoutNd,)  # Dropout, AlphaDropout, FeatureAlphaDropout
 
 
 class BiasedBatchNorm1d(nn.BatchNorm1d):
@@ -55,19 +51,32 @@ class BiasedBatchNorm1d(nn.BatchNorm1d):
 
 @dataclass(frozen=True)
 class BatchNormChoice:
-    place: str = "none"
-    on_input: bool = False
-    momentum: float = 0.1  # PyTorch's convention: new = (1 - momentum) * old + momentum * batch
-    eps: float = 1e-5
-    moving_variance: str = "unbiased"
+    """The model's BatchNorm settings (``name``: their config key)."""
 
-    def __post_init__(self) -> None:
-        if self.place not in BATCH_NORM_PLACES:
-            raise invalid_choice("model.batch_norm", self.place, BATCH_NORM_PLACES)
-        if self.moving_variance not in MOVING_VARIANCES:
-            raise invalid_choice("model.bn_moving_variance", self.moving_variance, MOVING_VARIANCES)
-        check_number("model.bn_momentum", self.momentum, RULES["bn_momentum"])
-        check_number("model.bn_eps", self.eps, RULES["bn_eps"])
+    place: str = setting(
+        "none", choices=BATCH_NORM_PLACES, name="batch_norm", doc="where BN sits in a block"
+    )
+    on_input: bool = setting(False, name="input_batch_norm", doc="BN on the flattened input")
+    # PyTorch's convention: new = (1 - momentum) * old + momentum * batch
+    momentum: float = setting(
+        0.1,
+        rule=interval("a BatchNorm momentum", 0, 1, "[]"),
+        name="bn_momentum",
+        doc="weight of the batch in BN's running statistics (PyTorch's convention)",
+    )
+    eps: float = setting(
+        1e-5, rule=positive("a BatchNorm epsilon"), name="bn_eps", doc="added to the variance"
+    )
+    moving_variance: str = setting(
+        "unbiased",
+        choices=MOVING_VARIANCES,
+        name="bn_moving_variance",
+        doc="what BN's running variance averages",
+    )
+    key: InitVar[str] = "model"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
     def layer(self, features: int) -> nn.BatchNorm1d:
         kind = BiasedBatchNorm1d if self.moving_variance == "biased" else nn.BatchNorm1d
@@ -76,16 +85,19 @@ class BatchNormChoice:
 
 @dataclass(frozen=True)
 class DropoutChoice:
-    rate: float = 0.0
-    kind: str = "auto"
-    place: str = "all"
+    """The model's dropout settings (``name``: their config key)."""
 
-    def __post_init__(self) -> None:
-        check_number("model.dropout", self.rate, DROPOUT_RATE)
-        if self.kind not in DROPOUT_KINDS:
-            raise invalid_choice("model.dropout_kind", self.kind, DROPOUT_KINDS)
-        if self.place not in DROPOUT_PLACES:
-            raise invalid_choice("model.dropout_where", self.place, DROPOUT_PLACES)
+    rate: float = setting(0.0, rule=DROPOUT_RATE, name="dropout", doc="the rate; 0: off")
+    kind: str = setting(
+        "auto", choices=DROPOUT_KINDS, name="dropout_kind", doc="alpha (SELU), standard or auto"
+    )
+    place: str = setting(
+        "all", choices=DROPOUT_PLACES, name="dropout_where", doc="which layers dropout follows"
+    )
+    key: InitVar[str] = "model"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
     def layer(self, activation: str) -> nn.Module:
         """Alpha dropout keeps a SELU net self-normalizing; ``auto`` picks it for SELU."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from torch import Tensor, nn
 
-from dnnlab.errors import invalid_choice
-from dnnlab.ranges import check_number, positive
+from dnnlab.errors import ConfigError, lookup
+from dnnlab.ranges import positive
+from dnnlab.settings import check_fields, from_mapping, setting
 
 # Keras divides the standard deviation of a normal truncated at two standard deviations by this
 # (the std of a unit normal truncated to [-2, 2]) so that the variance stays scale / fan.
@@ -22,25 +23,24 @@ TRUNCATED_NORMAL_STD = 0.87962566103423978
 
 FAN_MODES = ("fan_in", "fan_out", "fan_avg")
 DISTRIBUTIONS = ("normal", "truncated_normal", "uniform")
-SCALE = positive("a variance scale")  # model.variance_scaling.scale, also in dnnlab.app.checks
 
 
 @dataclass(frozen=True)
 class VarianceScaling:
-    """Weights with variance ``scale / fan``: the book's Glorot, He and LeCun in one formula."""
+    """Weights with variance ``scale / fan``: the book's Glorot, He and LeCun in one formula.
 
-    scale: float = 1.0
-    mode: str = "fan_in"
-    distribution: str = "truncated_normal"
+    Also the settings of ``init: variance_scaling`` (the model's ``variance_scaling`` node).
+    """
 
-    def __post_init__(self) -> None:
-        check_number("model.variance_scaling.scale", self.scale, SCALE)
-        if self.mode not in FAN_MODES:
-            raise invalid_choice("model.variance_scaling.mode", self.mode, FAN_MODES)
-        if self.distribution not in DISTRIBUTIONS:
-            raise invalid_choice(
-                "model.variance_scaling.distribution", self.distribution, DISTRIBUTIONS
-            )
+    scale: float = setting(1.0, rule=positive("a variance scale"), doc="variance = scale / fan")
+    mode: str = setting("fan_in", choices=FAN_MODES, doc="the fan divided by")
+    distribution: str = setting(
+        "truncated_normal", choices=DISTRIBUTIONS, doc="what the weights are drawn from"
+    )
+    key: InitVar[str] = "model.variance_scaling"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
     def variance(self, weight: Tensor) -> float:
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
@@ -86,6 +86,21 @@ def init_choices() -> list[str]:
     return [*NAMED, "variance_scaling", PYTORCH, "default", "auto"]
 
 
+def _preset(name: str) -> tuple[float, str, str | None]:
+    """(scale, mode, distribution) of a named initializer; None: ``*_normal``'s, per parity."""
+    family, _, draw = name.rpartition("_")
+    return (*FAMILIES[family], None if draw == "normal" else "uniform")
+
+
+# init name -> its preset; None for the names that are none: ``variance_scaling`` and
+# ``pytorch`` are built apart, ``auto`` and ``default`` name one (resolve_init).
+INITS: dict[str, tuple[float, str, str | None] | None] = {
+    **{name: _preset(name) for name in NAMED},
+    **dict.fromkeys(init_choices()[len(NAMED) :]),
+}
+NORMALS = {"normal": "plain normal draws (PyTorch)", "truncated_normal": "cut at 2 std (Keras)"}
+
+
 def resolve_init(init: str, activation: str, default_init: str = PYTORCH) -> str:
     """The concrete initializer: ``auto`` through the book's table, ``default`` per ``parity``."""
     if init == "auto":
@@ -99,23 +114,24 @@ def make_initializer(
     init: str,
     normal: str = "normal",
     variance_scaling: Mapping[str, object] | None = None,
+    key: str = "model",
 ):
     """The kernel initializer for a concrete name; ``normal`` is how ``*_normal`` draws.
 
     ``normal`` is ``normal`` (PyTorch) or ``truncated_normal`` (Keras' he_normal, lecun_normal,
-    glorot_normal); ``variance_scaling`` holds the settings of ``init: variance_scaling``.
+    glorot_normal); ``variance_scaling`` holds the settings of ``init: variance_scaling``;
+    ``key`` is where the config holds the model's settings.
     """
+    preset = lookup(INITS, f"{key}.init", init)
     if init == PYTORCH:
         return None
     if init == "variance_scaling":
-        return VarianceScaling(**dict(variance_scaling or {}))
-    family, _, distribution = init.rpartition("_")
-    if init not in NAMED:
-        raise invalid_choice("model.init", init, init_choices())
-    if normal not in ("normal", "truncated_normal"):
-        raise invalid_choice("parity.init_normal", normal, ("normal", "truncated_normal"))
-    scale, mode = FAMILIES[family]  # NAMED holds every family's names
-    return VarianceScaling(scale, mode, normal if distribution == "normal" else "uniform")
+        return from_mapping(VarianceScaling, variance_scaling, f"{key}.variance_scaling")
+    if preset is None:
+        raise ConfigError(f"{key}.init={init!r} must be resolved first (resolve_init)")
+    lookup(NORMALS, "parity.init_normal", normal)  # model.init_normal's default, parity's
+    scale, mode, distribution = preset
+    return VarianceScaling(scale, mode, distribution or normal)
 
 
 def initialize_linear(layer: nn.Linear, initializer: VarianceScaling | None) -> None:

@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from dnnlab.errors import ConfigError
-from dnnlab.model.activations import build_activation
+from dnnlab.model.activations import ACTIVATIONS, build_activation
 from dnnlab.model.blocks import BatchNormChoice, DropoutChoice
 from dnnlab.model.initializers import (
     PYTORCH,
+    init_choices,
     initialize_linear,
     make_initializer,
     resolve_init,
 )
-from dnnlab.ranges import check_items, integers
+from dnnlab.ranges import integers
+from dnnlab.settings import check_fields, setting
 
-LAYER_SIZE = integers("a layer size (units)", 1)  # each item of model.hidden
 # Arguments of build_mlp that the code passes, not the model config.
-PASSED = ("input_dim", "num_classes", "sigmoid_head")
+PASSED = ("input_dim", "num_classes", "sigmoid_head", "key")
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The model's layers: their sizes, activation and initializer (BatchNorm and dropout:
+    :mod:`dnnlab.model.blocks`; ``init: variance_scaling``: :class:`VarianceScaling`)."""
+
+    hidden: Sequence[int] = setting(
+        items=integers("a layer size (units)", 1), doc="units of each hidden layer, bottom up"
+    )
+    activation: str = setting(choices=ACTIVATIONS, doc="of every hidden layer")
+    init: str = setting(choices=init_choices(), doc="the hidden kernels' initializer")
+    key: InitVar[str] = "model"
+
+    def __post_init__(self, key: str) -> None:
+        if not self.hidden:
+            raise ConfigError(f"{key}.hidden=[] must list at least one hidden layer size")
+        check_fields(self, key)
 
 
 class BinaryLogits(nn.Module):
@@ -56,21 +76,23 @@ def build_mlp(
     dropout_kind: str = "auto",
     dropout_where: str = "all",
     sigmoid_head: bool = False,
+    key: str = "model",
 ) -> nn.Sequential:
     """784 -> hidden... -> num_classes, returning logits (the loss applies the softmax).
 
     The keyword arguments are the keys of ``conf/model/mlp.yaml``; ``activation_defaults``,
     ``default_init``, ``init_normal`` and ``bn_moving_variance`` are the library defaults that
     ``parity`` picks. ``sigmoid_head`` ends a two-class network in one sigmoid unit (the loss
-    ``binary_cross_entropy``) followed by :class:`BinaryLogits`.
+    ``binary_cross_entropy``) followed by :class:`BinaryLogits`. ``key`` is where the config
+    holds these settings: the errors name ``<key>.<setting>``.
     """
-    if not hidden:
-        raise ConfigError("model.hidden=[] must list at least one hidden layer size")
-    check_items("model.hidden", list(hidden), LAYER_SIZE)
+    Layers(hidden, activation, init, key=key)
     concrete = resolve_init(init, activation, default_init)
-    initializer = make_initializer(concrete, init_normal, variance_scaling)
-    norm = BatchNormChoice(batch_norm, input_batch_norm, bn_momentum, bn_eps, bn_moving_variance)
-    drop = DropoutChoice(dropout, dropout_kind, dropout_where)
+    initializer = make_initializer(concrete, init_normal, variance_scaling, key)
+    norm = BatchNormChoice(
+        batch_norm, input_batch_norm, bn_momentum, bn_eps, bn_moving_variance, key=key
+    )
+    drop = DropoutChoice(dropout, dropout_kind, dropout_where, key=key)
 
     layers: list[nn.Module] = [nn.Flatten()]
     if norm.on_input:
@@ -82,7 +104,7 @@ def build_mlp(
         units = int(size)
         dense = nn.Linear(fan_in, units, bias=norm.place != "before")
         initialize_linear(dense, initializer)
-        act = build_activation(activation, units, activation_params, activation_defaults)
+        act = build_activation(activation, units, activation_params, activation_defaults, key)
         if norm.place == "before":
             layers += [dense, norm.layer(units), act]
         else:

@@ -7,35 +7,50 @@ precision); ``clipnorm`` is Keras' per-parameter clipping, which Lightning lacks
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import lightning as L
 import torch
 from torch.optim import Optimizer
 
-from dnnlab.building import check_arguments
-from dnnlab.errors import invalid_choice
-from dnnlab.ranges import check_number, positive
+from dnnlab.ranges import positive
+from dnnlab.settings import check_fields, from_mapping, setting
 
-CLIPPING_KINDS = ("none", "value", "norm", "clipnorm")
-# clipping.threshold, checked here and by dnnlab.app.checks before any data is read.
-THRESHOLD = positive("a clipping threshold")
+CLIPPING_KINDS = {
+    "none": "no clipping",
+    "value": "each gradient component to [-threshold, threshold] (Keras' clipvalue)",
+    "norm": "all gradients together to global L2 norm <= threshold (Keras' global_clipnorm)",
+    "clipnorm": "each parameter's gradient to L2 norm <= threshold (Keras' clipnorm)",
+}
+
+
+@dataclass(frozen=True)
+class ClippingSettings:
+    """The ``clipping`` group: how gradients are clipped, and at what threshold."""
+
+    kind: str = setting("none", choices=CLIPPING_KINDS, doc="what is clipped")
+    threshold: float | None = setting(
+        None, rule=positive("a clipping threshold"), doc="the bound (unused by kind none)"
+    )
+    key: InitVar[str] = "clipping"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key, skip=("threshold",) if self.kind == "none" else ())
 
 
 class GradientClipping:
     """Clip gradients by ``kind``: none, value, norm (global) or clipnorm (each parameter)."""
 
-    def __init__(self, kind: str = "none", threshold: float | None = None) -> None:
-        if kind not in CLIPPING_KINDS:
-            raise invalid_choice("clipping.kind", kind, CLIPPING_KINDS)
-        if kind != "none":  # clipping.kind=none ignores the threshold
-            check_number("clipping.threshold", threshold, THRESHOLD)
-        self.kind, self.threshold = kind, threshold
+    def __init__(self, settings: ClippingSettings | None = None) -> None:
+        settings = settings or ClippingSettings()
+        self.kind, self.threshold = settings.kind, settings.threshold
 
     @classmethod
-    def from_config(cls, node: Mapping[str, Any] | None) -> GradientClipping:
-        check_arguments(node or {}, "clipping", cls)
-        return cls(**dict(node or {}))
+    def from_config(
+        cls, node: Mapping[str, Any] | None, key: str | None = None
+    ) -> GradientClipping:
+        return cls(from_mapping(ClippingSettings, node, key))
 
     @property
     def active(self) -> bool:

@@ -17,34 +17,26 @@ from torch.optim import SGD, Adagrad, Optimizer, RMSprop, SparseAdam
 from dnnlab.building import build, check_arguments, target_of
 from dnnlab.errors import ConfigError
 from dnnlab.optim.keras import KerasOptimizer
-from dnnlab.ranges import (
-    LEARNING_RATE,
-    MOMENTUM,
-    Rule,
-    check_items,
-    check_number,
-    fraction,
-    non_negative,
-    positive,
-)
+from dnnlab.ranges import LEARNING_RATE, MOMENTUM, fraction, non_negative, positive
+from dnnlab.settings import RuleTable, check_values
 
-# Hyperparameter name (as torch.optim spells it) -> the rule its value must follow. The one
-# table: dnnlab.app.checks checks the same rules on the config before any data is read.
-RULES: dict[str, Rule] = {
-    "lr": LEARNING_RATE,
-    "eps": positive("an epsilon"),
-    "momentum": MOMENTUM,
-    "dampening": fraction("a dampening"),
-    "alpha": fraction("a decay rate (RMSprop's rho)"),
-    "weight_decay": non_negative("a weight decay"),
-    "initial_accumulator_value": non_negative("an initial accumulator value"),
-    "lr_decay": non_negative("a learning-rate decay"),
-    "momentum_decay": non_negative("a momentum decay"),
-}
-# List hyperparameters -> the rule each item must follow (errors name ``key[i]``).
-ITEM_RULES: dict[str, Rule] = {
-    "betas": fraction("a decay rate (Adam's beta)"),
-}
+# Hyperparameter name (as torch.optim spells it) -> the rule its value must follow, for every
+# optimizer the config may name; list hyperparameters -> the rule of each item (``key[i]``).
+# The one table: dnnlab.app.checks checks the same rules on the config before any data is read.
+SETTINGS = RuleTable(
+    rules={
+        "lr": LEARNING_RATE,
+        "eps": positive("an epsilon"),
+        "momentum": MOMENTUM,
+        "dampening": fraction("a dampening"),
+        "alpha": fraction("a decay rate (RMSprop's rho)"),
+        "weight_decay": non_negative("a weight decay"),
+        "initial_accumulator_value": non_negative("an initial accumulator value"),
+        "lr_decay": non_negative("a learning-rate decay"),
+        "momentum_decay": non_negative("a momentum decay"),
+    },
+    items={"betas": fraction("a decay rate (Adam's beta)")},
+)
 
 
 def optimizer_class(node: Mapping[str, Any], key: str = "optimizer") -> type[Optimizer]:
@@ -94,14 +86,11 @@ def check_optimizer(node: Mapping[str, Any], key: str = "optimizer") -> None:
     check_arguments(node, key, cls, passed=("params",))
     if issubclass(cls, KerasOptimizer):
         cls.check_config(node, key)
-    for name, rule in RULES.items():
-        if node.get(name) is not None:
-            check_number(f"{key}.{name}", node[name], rule)
     betas = node.get("betas")
-    if betas is not None:
-        if len(betas) != 2:
-            raise ConfigError(f"{key}.betas={list(betas)} must be two decay rates (beta1, beta2)")
-        check_items(f"{key}.betas", list(betas), ITEM_RULES["betas"])
+    if betas is not None and len(betas) != 2:
+        raise ConfigError(f"{key}.betas={list(betas)} must be two decay rates (beta1, beta2)")
+    # null: torch's own default
+    check_values(key, SETTINGS, {name: v for name, v in node.items() if v is not None})
     if node.get("nesterov") and not node.get("momentum"):
         raise ConfigError(f"{key}.nesterov=true needs {key}.momentum > 0")
 

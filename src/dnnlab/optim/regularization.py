@@ -10,15 +10,15 @@ so frozen layers stay exactly as they are).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dnnlab.building import check_arguments
-from dnnlab.errors import ConfigError, invalid_choice
-from dnnlab.ranges import PENALTY, Rule, check_all, or_null, positive
+from dnnlab.errors import ConfigError
+from dnnlab.ranges import PENALTY, or_null, positive
+from dnnlab.settings import check_fields, from_mapping, setting
 
 MAX_NORM_AXES = ("incoming", "outgoing")
 # over_radius: only vectors longer than r are scaled (torch's renorm); all: every vector is
@@ -36,48 +36,41 @@ def max_norm(matrix: Tensor, dim: int, radius: float, rescale: str) -> Tensor:
     return matrix * (norms.clamp(max=radius) / (KERAS_EPSILON + norms))
 
 
-# regularization.<key> -> its rule, checked here and by dnnlab.app.checks before any data is read.
-RULES: dict[str, Rule] = {
-    "l1": PENALTY,
-    "l2": PENALTY,
-    "max_norm": or_null(positive("a max-norm radius"), "no constraint"),
-}
-
-
 @dataclass(frozen=True)
 class Regularization:
-    """``l1 * sum|w| + l2 * sum w^2`` over the kernels; max-norm ``r`` on each unit's weights."""
+    """``l1 * sum|w| + l2 * sum w^2`` over the kernels; max-norm ``r`` on each unit's weights.
 
-    l1: float = 0.0
-    l2: float = 0.0
-    max_norm: float | None = None
-    max_norm_axis: str = "incoming"
-    max_norm_biases: bool = False
-    max_norm_head: bool = False
-    max_norm_rescale: str = "over_radius"
+    The settings of the ``regularization`` group; ``key`` is where the config holds them (the
+    errors name ``<key>.<setting>``).
+    """
 
-    def __post_init__(self) -> None:
-        check_all("regularization", RULES, {name: getattr(self, name) for name in RULES})
-        for name in ("max_norm_biases", "max_norm_head"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(
-                    f"regularization.{name}={getattr(self, name)!r} must be true or false"
-                )
-        if self.max_norm_rescale not in MAX_NORM_RESCALES:
-            raise invalid_choice(
-                "regularization.max_norm_rescale", self.max_norm_rescale, MAX_NORM_RESCALES
-            )
-        if self.max_norm_axis not in MAX_NORM_AXES:
-            raise invalid_choice("regularization.max_norm_axis", self.max_norm_axis, MAX_NORM_AXES)
+    l1: float = setting(0.0, rule=PENALTY, doc="adds l1 * sum(|w|) over the kernels to the loss")
+    l2: float = setting(0.0, rule=PENALTY, doc="adds l2 * sum(w^2) over the kernels to the loss")
+    max_norm: float | None = setting(
+        None,
+        rule=or_null(positive("a max-norm radius"), "no constraint"),
+        doc="after every step, each unit's weight vector rescaled to norm <= max_norm",
+    )
+    max_norm_axis: str = setting(
+        "incoming", choices=MAX_NORM_AXES, doc="each unit's incoming weights, or outgoing"
+    )
+    max_norm_biases: bool = setting(
+        False, boolean=True, doc="the bias counts in the unit's incoming vector"
+    )
+    max_norm_head: bool = setting(False, boolean=True, doc="the output layer is constrained too")
+    max_norm_rescale: str = setting(
+        "over_radius", choices=MAX_NORM_RESCALES, doc="which vectors max-norm rescales"
+    )
+    key: InitVar[str] = "regularization"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
         if self.max_norm_biases and self.max_norm_axis != "incoming":
-            raise ConfigError(
-                "regularization.max_norm_biases=true needs regularization.max_norm_axis=incoming"
-            )
+            raise ConfigError(f"{key}.max_norm_biases=true needs {key}.max_norm_axis=incoming")
 
     @classmethod
-    def from_config(cls, node: Mapping[str, Any] | None) -> Regularization:
-        check_arguments(node or {}, "regularization", cls)
-        return cls(**dict(node or {}))
+    def from_config(cls, node: Mapping[str, Any] | None, key: str | None = None) -> Regularization:
+        return from_mapping(cls, node, key)
 
     @property
     def penalizes(self) -> bool:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 from torch.optim import Optimizer
@@ -27,16 +28,11 @@ from torch.optim.lr_scheduler import (
     ReduceLROnPlateau,
 )
 
-from dnnlab.app.compose import group_options
 from dnnlab.building import build, check_arguments, target_of
-from dnnlab.errors import ConfigError, lookup, unknown_key
+from dnnlab.errors import ConfigError, lookup
 from dnnlab.ranges import (
     LEARNING_RATE,
     MOMENTUM,
-    Rule,
-    check_all,
-    check_items,
-    check_number,
     integers,
     interval,
     non_negative,
@@ -45,11 +41,12 @@ from dnnlab.ranges import (
     positive_int,
     shown,
 )
+from dnnlab.settings import RuleTable, check_fields, check_known_keys, check_values, setting
 
+# Where the schedule functions' errors point when they are called outside a config (the
+# builder's own checks name the node it is given).
 KEY = "scheduler.schedule"
 INTERVALS = ("step", "epoch")
-# The keys of a ``scheduler`` node (conf/scheduler/<name>.yaml); ``schedule`` is the torch object.
-SCHEDULER_KEYS = ("schedule", "interval", "frequency", "monitor")
 # Metrics the module logs that a plateau schedule can watch, with the direction that is better.
 MONITOR_MODES = {
     "val/loss": "min",
@@ -61,35 +58,52 @@ MONITOR_MODES = {
 
 
 DIVISOR = positive("a division factor")  # 1cycle's div_factor and final_div_factor
-# Schedule argument -> the rule its value must follow, checked here (library use) and by
-# dnnlab.app.checks on ``scheduler.schedule.<name>`` before any data is read.
-RULES: dict[str, Rule] = {
-    "s": positive("a decay period s (steps or epochs)"),
-    "c": positive("a decay power c"),
-    "decay_rate": interval("a decay rate", 0, 1, "()"),
-    "factor": interval("a reduction factor", 0, 1, "()"),
-    "patience": positive_int("a patience in epochs"),
-    "threshold": non_negative("an improvement threshold"),
-    "cooldown": integers("a cooldown in epochs", 0),
-    "min_lr": non_negative("a minimum learning rate"),
-    "max_lr": LEARNING_RATE,
-    "total_steps": or_null(positive_int("a run length in scheduler steps"), "the whole run"),
-    "warmup_fraction": interval("a warm-up fraction of the run", 0, 0.5, "()"),
-    "div_factor": DIVISOR,
-    "final_div_factor": DIVISOR,
-    "base_momentum": MOMENTUM,
-    "max_momentum": MOMENTUM,
-}
-# List arguments -> the rule each item must follow (errors name ``key[i]``).
-ITEM_RULES: dict[str, Rule] = {
-    "boundaries": positive_int("a boundary (scheduler step)"),
-    "values": LEARNING_RATE,
-}
 # Where a piecewise boundary falls (PiecewiseConstantLR), and how a plateau's gain is measured.
 SWITCHES = ("at", "after")
 THRESHOLD_MODES = ("rel", "abs")
-# scheduler.frequency: how many intervals (steps or epochs) between two scheduler steps.
-FREQUENCY = positive_int("a frequency (intervals per scheduler step)")
+# Schedule argument -> the rule its value must follow, checked here (library use) and by
+# dnnlab.app.checks on the config's schedule node before any data is read; list arguments ->
+# the rule of each item (errors name ``key[i]``).
+SETTINGS = RuleTable(
+    rules={
+        "s": positive("a decay period s (steps or epochs)"),
+        "c": positive("a decay power c"),
+        "decay_rate": interval("a decay rate", 0, 1, "()"),
+        "factor": interval("a reduction factor", 0, 1, "()"),
+        "patience": positive_int("a patience in epochs"),
+        "threshold": non_negative("an improvement threshold"),
+        "cooldown": integers("a cooldown in epochs", 0),
+        "min_lr": non_negative("a minimum learning rate"),
+        "max_lr": LEARNING_RATE,
+        "total_steps": or_null(positive_int("a run length in scheduler steps"), "the whole run"),
+        "warmup_fraction": interval("a warm-up fraction of the run", 0, 0.5, "()"),
+        "div_factor": DIVISOR,
+        "final_div_factor": DIVISOR,
+        "base_momentum": MOMENTUM,
+        "max_momentum": MOMENTUM,
+    },
+    items={"boundaries": positive_int("a boundary (scheduler step)"), "values": LEARNING_RATE},
+    choices={"switch": SWITCHES, "mode": ("min", "max"), "threshold_mode": THRESHOLD_MODES},
+)
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The keys of a ``scheduler`` node (conf/scheduler/<name>.yaml): when the schedule steps.
+    ``schedule`` is the torch object's node, its arguments checked against :data:`SETTINGS`."""
+
+    schedule: Mapping[str, Any] | None = setting(None, doc="the schedule (_target_ and args)")
+    interval: str = setting("epoch", choices=INTERVALS, doc="what the schedule counts")
+    frequency: int = setting(
+        1,
+        rule=positive_int("a frequency (intervals per scheduler step)"),
+        doc="intervals between two scheduler steps",
+    )
+    monitor: str | None = setting(None, doc="the metric a plateau schedule watches")
+    key: InitVar[str] = "scheduler"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
 
 class PowerDecay:
@@ -99,7 +113,7 @@ class PowerDecay:
     """
 
     def __init__(self, s: float, c: float = 1.0) -> None:
-        check_all(KEY, RULES, {"s": s, "c": c})
+        check_values(KEY, SETTINGS, {"s": s, "c": c})
         self.s, self.c = float(s), float(c)
 
     def __call__(self, t: int) -> float:
@@ -113,7 +127,7 @@ def power(optimizer: Optimizer, s: float, c: float = 1.0) -> LambdaLR:
 
 def exponential(optimizer: Optimizer, s: float, decay_rate: float = 0.1) -> ExponentialLR:
     """Exponential scheduling: eta0 * decay_rate^(t/s), i.e. 10x lower every ``s`` steps."""
-    check_all(KEY, RULES, {"s": s, "decay_rate": decay_rate})
+    check_values(KEY, SETTINGS, {"s": s, "decay_rate": decay_rate})
     return ExponentialLR(optimizer, gamma=decay_rate ** (1.0 / s))
 
 
@@ -135,17 +149,16 @@ class PiecewiseConstantLR(LRScheduler):
         switch: str = "at",
         last_epoch: int = -1,
     ) -> None:
-        lookup(dict.fromkeys(SWITCHES), f"{KEY}.switch", switch)
-        self.switch = switch
         boundaries, values = list(boundaries), list(values)
-        check_items(f"{KEY}.boundaries", boundaries, ITEM_RULES["boundaries"])
+        check_values(KEY, SETTINGS, {"switch": switch, "boundaries": boundaries})
+        self.switch = switch
         if any(b >= a for b, a in itertools.pairwise(boundaries)):
             raise ConfigError(f"{KEY}.boundaries={boundaries} must be strictly increasing")
         if len(values) != len(boundaries) + 1:
             raise ConfigError(
                 f"{KEY}.values={values} needs one value more than boundaries={boundaries}"
             )
-        check_items(f"{KEY}.values", values, ITEM_RULES["values"])
+        check_values(KEY, SETTINGS, {"values": values})
         self.boundaries, self.values = boundaries, [float(v) for v in values]
         # Per param group, the factor on the values: 1 for the optimizer's own groups; a group
         # that joins later (unfrozen layers) keeps the ratio it joined with (join_schedule).
@@ -174,12 +187,12 @@ def performance(
     A gain counts when it beats ``threshold``: a fraction of the best value (``rel``) or an
     amount (``abs``, Keras' ``min_delta``).
     """
-    lookup(dict.fromkeys(("min", "max")), f"{KEY}.mode", mode)
-    lookup(dict.fromkeys(THRESHOLD_MODES), f"{KEY}.threshold_mode", threshold_mode)
-    check_all(
+    check_values(
         KEY,
-        RULES,
+        SETTINGS,
         {
+            "mode": mode,
+            "threshold_mode": threshold_mode,
             "factor": factor,
             "patience": patience,
             "threshold": threshold,
@@ -224,7 +237,7 @@ def one_cycle(
         "base_momentum": base_momentum,
         "max_momentum": max_momentum,
     }
-    check_all(KEY, RULES, numbers)
+    check_values(KEY, SETTINGS, numbers)
     if cycle_momentum and base_momentum > max_momentum:
         raise ConfigError(
             f"{KEY}.base_momentum={base_momentum} must be <= {KEY}.max_momentum={max_momentum}"
@@ -320,44 +333,55 @@ def run_length(trainer: Any, interval: str) -> int:
     return int(min(lengths))
 
 
-def check_scheduler(node: Mapping[str, Any]) -> None:
+def check_scheduler_keys(node: Mapping[str, Any], key: str, options: Iterable[str] = ()) -> None:
+    """A key the node lacks, or a setting without a schedule: ``scheduler=none`` is an empty
+    node, and a key added to it (``+scheduler.interval=step``) has no schedule to act on
+    (``options``: the config's schedules, named in that error)."""
+    check_known_keys(SchedulerSettings, node, key)
+    if not isinstance(node.get("schedule"), Mapping):
+        name, value = next(iter(node.items()))
+        listed = ", ".join(o for o in options if o != "none")
+        raise ConfigError(
+            f"{key}.{name}={shown(value)} needs a schedule: {key}=none has none"
+            + (f"; choose one of: {listed}" if listed else "")
+        )
+
+
+def check_scheduler(
+    node: Mapping[str, Any], key: str = "scheduler", options: Iterable[str] = ()
+) -> SchedulerSettings:
     """The node's keys, its schedule's arguments, and the settings around it: when it steps.
 
     ``scheduler=none`` is an empty node; a key added to it (``+scheduler.interval=step``) has
-    no schedule to act on.
+    no schedule to act on (``options``: the config's schedules, to name in that error).
     """
-    for name, value in node.items():
-        if name not in SCHEDULER_KEYS:
-            raise unknown_key(f"scheduler.{name}={shown(value)}", name, "scheduler", SCHEDULER_KEYS)
-    schedule = node.get("schedule")
-    if not isinstance(schedule, Mapping):
-        name, value = next(iter(node.items()))
-        options = ", ".join(o for o in group_options("scheduler") if o != "none")
-        raise ConfigError(
-            f"scheduler.{name}={shown(value)} needs a schedule: scheduler=none has none; "
-            f"choose one of: {options}"
-        )
-    check_arguments(schedule, KEY, target_of(schedule, KEY), passed=("optimizer",))
-    lookup(dict.fromkeys(INTERVALS), "scheduler.interval", node.get("interval", "epoch"))
-    check_number("scheduler.frequency", node.get("frequency", 1), FREQUENCY)
+    check_scheduler_keys(node, key, options)
+    schedule = node["schedule"]
+    where = f"{key}.schedule"
+    check_arguments(schedule, where, target_of(schedule, where), passed=("optimizer",))
+    return SchedulerSettings(**node, key=key)
 
 
-def check_monitor(monitor: Any, mode: str) -> None:
+def check_monitor(monitor: Any, mode: str, key: str = "scheduler") -> None:
     """A plateau schedule must watch a metric the module logs, in the direction that is better."""
-    better = lookup(MONITOR_MODES, "scheduler.monitor", monitor)
+    better = lookup(MONITOR_MODES, f"{key}.monitor", monitor)
     if mode != better:
         raise ConfigError(
-            f"{KEY}.mode={mode!r} does not fit scheduler.monitor={monitor!r} (better is {better})"
+            f"{key}.schedule.mode={mode!r} does not fit {key}.monitor={monitor!r} "
+            f"(better is {better})"
         )
 
 
-def build_schedule(node: Mapping[str, Any], optimizer: Optimizer, trainer: Any) -> LRScheduler:
-    """The schedule of a ``scheduler`` node; a null ``total_steps`` becomes the run's length."""
-    check_scheduler(node)
+def build_schedule(
+    node: Mapping[str, Any], optimizer: Optimizer, trainer: Any, key: str = "scheduler"
+) -> LRScheduler:
+    """The schedule of a ``scheduler`` node (at ``key``); a null ``total_steps`` becomes the
+    run's length."""
+    settings = check_scheduler(node, key)
     schedule = dict(node["schedule"])
     if "total_steps" in schedule and schedule["total_steps"] is None:
-        schedule["total_steps"] = run_length(trainer, node.get("interval", "epoch"))
-    built = build(schedule, KEY, optimizer=optimizer)
+        schedule["total_steps"] = run_length(trainer, settings.interval)
+    built = build(schedule, f"{key}.schedule", optimizer=optimizer)
     if isinstance(built, ReduceLROnPlateau):
-        check_monitor(node.get("monitor"), built.mode)
+        check_monitor(settings.monitor, built.mode, key)
     return built

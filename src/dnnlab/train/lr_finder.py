@@ -16,7 +16,7 @@ import logging
 import math
 import shlex
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,9 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from dnnlab.data.batches import EpochOrder
-from dnnlab.errors import ConfigError, lookup
-from dnnlab.ranges import (
-    LEARNING_RATE,
-    Rule,
-    above,
-    check_all,
-    fraction,
-    integers,
-    interval,
-    or_null,
-)
+from dnnlab.errors import ConfigError
+from dnnlab.ranges import LEARNING_RATE, above, fraction, integers, interval, or_null
+from dnnlab.settings import check_fields, default_key, from_mapping, setting
 
 log = logging.getLogger(__name__)
 
@@ -150,30 +142,50 @@ def plot_range_test(result: RangeTest) -> Figure:
     return figure
 
 
-# tune.<name> -> its valid range (also checked before any data is read: dnnlab.app.checks).
-RULES: dict[str, Rule] = {
-    "min_lr": LEARNING_RATE,
-    "max_lr": LEARNING_RATE,
-    "num_steps": or_null(integers("a number of steps", 2), "one epoch"),
-    "divergence": above("a divergence factor (x the lowest smoothed loss)", 1),
-    "smoothing": fraction("a smoothing factor"),
-    "suggest_fraction": interval("a fraction of the best LR", 0, 1, "(]"),
-}
+@dataclass(frozen=True)
+class TuneSettings:
+    """The ``tune`` group: the LR finder (also checked before any data is read)."""
 
+    lr_find: bool = setting(boolean=True, doc="run the range test before training")
+    min_lr: float = setting(rule=LEARNING_RATE, doc="LR of the first step")
+    max_lr: float = setting(rule=LEARNING_RATE, doc="LR of the last step")
+    num_steps: int | None = setting(
+        rule=or_null(integers("a number of steps", 2), "one epoch"), doc="steps of the test"
+    )
+    divergence: float = setting(
+        rule=above("a divergence factor (x the lowest smoothed loss)", 1),
+        doc="stop once the smoothed loss exceeds this x its lowest",
+    )
+    smoothing: float = setting(
+        rule=fraction("a smoothing factor"), doc="exponential smoothing of the loss"
+    )
+    suggest_fraction: float = setting(
+        rule=interval("a fraction of the best LR", 0, 1, "(]"),
+        doc="suggested LR = this x the LR at the lowest loss",
+    )
+    use_for: str | None = setting(
+        choices=TARGET_KEYS, nullable=True, doc="what the suggestion sets (null: report only)"
+    )
+    key: InitVar[str] = "tune"
 
-def check_tune(tune: Mapping[str, Any], cfg: DictConfig) -> None:
-    """One line for a setting of the finder that cannot work."""
-    check_all("tune", RULES, {name: tune[name] for name in RULES})
-    min_lr, max_lr = tune["min_lr"], tune["max_lr"]
-    if not max_lr > min_lr:
-        raise ConfigError(f"tune.max_lr={max_lr!r} must be above tune.min_lr={min_lr}")
-    use_for = tune["use_for"]
-    if use_for is not None:
-        target = lookup(TARGET_KEYS, "tune.use_for", use_for)
-        if OmegaConf.select(cfg, target) is None:
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
+        if not self.max_lr > self.min_lr:
             raise ConfigError(
-                f"tune.use_for={use_for} needs a config with {target} (e.g. scheduler=onecycle)"
+                f"{key}.max_lr={self.max_lr!r} must be above {key}.min_lr={self.min_lr}"
             )
+
+
+def check_tune(tune: Mapping[str, Any], cfg: DictConfig, key: str | None = None) -> None:
+    """One line for a setting of the finder that cannot work (``key``: where ``cfg`` holds it)."""
+    key = key or default_key(TuneSettings)
+    settings = from_mapping(TuneSettings, tune, key)
+    target = TARGET_KEYS.get(settings.use_for)
+    if target is not None and OmegaConf.select(cfg, target) is None:
+        raise ConfigError(
+            f"{key}.use_for={settings.use_for} needs a config with {target} "
+            "(e.g. scheduler=onecycle)"
+        )
 
 
 def epochs_of_batches(loader: Any) -> Iterator[tuple[Tensor, Tensor]]:

@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from dnnlab.building import current_targets
-from dnnlab.errors import ConfigError
+from dnnlab.errors import ConfigError, describe, refusal
 from dnnlab.train.checkpoint_files import checkpoint_error, read_checkpoint, require_file
 
 log = logging.getLogger(__name__)
@@ -232,20 +232,6 @@ def refused_keys(settings: Mapping[str, Any]) -> dict[str, str]:
 
 def is_under(key: str, prefixes: Mapping[str, str]) -> bool:
     return any(key == p or key.startswith(f"{p}.") for p in prefixes)
-
-
-def describe(changes: Mapping[str, tuple[Any, Any]]) -> str:
-    """``key: old -> new`` for each change, in one line."""
-    return "; ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
-
-
-def refusal(refused: Mapping[str, tuple[Any, Any]]) -> str:
-    """The one message form of a refused resume."""
-    return (
-        "a resume continues the same run, but these settings differ from the checkpoint's "
-        f"(checkpoint -> now): {describe(refused)}; resume with the checkpoint's values, "
-        "or start a new run without ckpt_path"
-    )
 
 
 @dataclass

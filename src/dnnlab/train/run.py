@@ -89,7 +89,7 @@ def build_model(cfg: DictConfig, datamodule: Any) -> Classifier:
         model.compile_step()
     transfer = cfg.get("transfer")
     if transfer and transfer.ckpt_path:
-        count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers)
+        count = load_lower_layers(model.net, transfer.ckpt_path, transfer.layers, "transfer")
         log.info("reused %d tensors of the lower layers of %s", count, transfer.ckpt_path)
     return model
 
@@ -138,7 +138,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
         callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
     trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False)
     # DDP starts its other processes at fit: refuse now, in this process alone.
-    check_block_for_processes(cfg.data.get("steps_per_block", 1), trainer.world_size)
+    check_block_for_processes(cfg.data.get("steps_per_block", 1), trainer.world_size, "data")
     return trainer
 
 
@@ -155,7 +155,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     check_threads(cfg.get("threads", AUTO))  # auto or a count: text is refused here
     ckpt_path = resolve_ckpt_path(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
+    datamodule = build_datamodule(cfg, "data")
     plan = check_resume(cfg, ckpt_path, datamodule) if ckpt_path else None
     if ckpt_path:  # what a writer killed mid-write left beside the checkpoint
         remove_stale_temporaries(Path(ckpt_path).parent)
@@ -163,9 +163,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
     threads = run_threads(cfg, datamodule)
     samples = cfg.get("mc_dropout", {}).get("samples", 0) if cfg.get("test") else 0
     if samples:
-        require_dropout(model, samples)  # now, not after the whole training
+        require_dropout(model, samples, "mc_dropout")  # now, not after the whole training
     settings = ResumeSettings(run_settings(cfg), plan)
-    callbacks = [*extra_callbacks, *transfer_callbacks(cfg.get("transfer")), settings]
+    callbacks = [*extra_callbacks, *transfer_callbacks(cfg.get("transfer"), "transfer"), settings]
     trainer = build_trainer(cfg, callbacks)
     if cfg.get("tune") and cfg.tune.lr_find:
         suggestion = tune_learning_rate(cfg, model, datamodule, trainer)

@@ -8,6 +8,7 @@ unfreezing use Lightning's ``BaseFinetuning`` callback.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,11 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
-from dnnlab.errors import ConfigError, lookup
-from dnnlab.evaluate.evaluation import DROPOUT_TYPES
+from dnnlab.errors import ConfigError
+from dnnlab.model.blocks import DROPOUT_TYPES
 from dnnlab.optim.schedules import join_schedule
-from dnnlab.ranges import LEARNING_RATE, Rule, check_all, check_number, integers, or_null
+from dnnlab.ranges import LEARNING_RATE, Rule, check_number, integers, or_null
+from dnnlab.settings import check_fields, default_key, setting
 from dnnlab.train.checkpoint_files import restore_classifier
 
 FROZEN_BN_MODES = {
@@ -35,15 +37,25 @@ def layer_count(hidden: int | None = None) -> Rule:
     return or_null(integers("a number of reused hidden layers", 1, hidden), "all of them")
 
 
-# transfer.<key> -> its rule. dnnlab.app.checks checks them (and frozen_bn against
-# FROZEN_BN_MODES) on every config before any data is read, with or without freezing; the
-# callback checks them again for library use. layers' upper bound needs the net: see
-# reused_modules.
-RULES: dict[str, Rule] = {
-    "layers": layer_count(),
-    "freeze_epochs": integers("a number of frozen epochs", 0),
-    "unfreeze_lr": or_null(LEARNING_RATE, "the optimizer's"),
-}
+@dataclass(frozen=True)
+class TransferSettings:
+    """The ``transfer`` group. dnnlab.app.checks checks its fields on every config before any
+    data is read, with or without freezing; the callback checks them again for library use.
+    ``layers``' upper bound needs the net: see :func:`reused_modules`."""
+
+    ckpt_path: str | None = setting(doc="the source run's checkpoint (null: from scratch)")
+    layers: int | None = setting(rule=layer_count(), doc="hidden layers reused, bottom up")
+    freeze_epochs: int = setting(
+        rule=integers("a number of frozen epochs", 0), doc="epochs the reused layers stay frozen"
+    )
+    unfreeze_lr: float | None = setting(
+        rule=or_null(LEARNING_RATE, "the optimizer's"), doc="their LR once unfrozen"
+    )
+    frozen_bn: str = setting(choices=FROZEN_BN_MODES, doc="what frozen BatchNorm layers do")
+    key: InitVar[str] = "transfer"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
 
 def layer_blocks(net: nn.Sequential) -> list[list[nn.Module]]:
@@ -59,11 +71,14 @@ def layer_blocks(net: nn.Sequential) -> list[list[nn.Module]]:
     return blocks
 
 
-def reused_modules(net: nn.Sequential, layers: int | None) -> list[nn.Module]:
-    """The modules of the first ``layers`` hidden layers (all hidden layers when None)."""
+def reused_modules(
+    net: nn.Sequential, layers: int | None, key: str | None = None
+) -> list[nn.Module]:
+    """The modules of the first ``layers`` hidden layers (all hidden layers when None);
+    ``key``: where the config holds the transfer settings."""
     blocks = layer_blocks(net)
     hidden = len(blocks) - 2
-    check_number("transfer.layers", layers, layer_count(hidden))
+    check_number(f"{key or default_key(TransferSettings)}.layers", layers, layer_count(hidden))
     return [m for block in blocks[: 1 + (hidden if layers is None else layers)] for m in block]
 
 
@@ -107,24 +122,26 @@ def layer_difference(source: list[nn.Module], target: list[nn.Module], position:
     return ""
 
 
-def load_lower_layers(net: nn.Sequential, ckpt_path: str | Path, layers: int | None) -> int:
+def load_lower_layers(
+    net: nn.Sequential, ckpt_path: str | Path, layers: int | None, key: str | None = None
+) -> int:
     """Copy the reused layers' weights and buffers from a checkpoint; returns how many tensors.
 
     The source network is rebuilt from the checkpoint's own model settings, so its output layer
     can never pass for a hidden layer, and a reused layer must match the source's layer of the
     same depth in size, BatchNorm placement and activation (dropout may differ: it holds nothing).
     """
-    reused_modules(net, layers)  # this model's own bound, before the file is read
-    key = "transfer.ckpt_path"
-    source, _ = restore_classifier(ckpt_path, key)
-    where = f"{key}={str(ckpt_path)!r}"
+    group = key or default_key(TransferSettings)
+    reused_modules(net, layers, group)  # this model's own bound, before the file is read
+    source, _ = restore_classifier(ckpt_path, f"{group}.ckpt_path")
+    where = f"{group}.ckpt_path={str(ckpt_path)!r}"
     ours, theirs = layer_blocks(net), layer_blocks(source.net)
     count, has = len(ours) - 2 if layers is None else layers, len(theirs) - 2
     if count > has:
         asked = f"null reuses all {count} hidden layers," if layers is None else f"{layers} reuses"
         raise ConfigError(
-            f"transfer.layers={asked} more hidden layers than the source has: {where} has {has} "
-            f"(model.hidden={source.hparams.model.get('hidden')}); set transfer.layers to at "
+            f"{group}.layers={asked} more hidden layers than the source has: {where} has {has} "
+            f"(model.hidden={source.hparams.model.get('hidden')}); set {group}.layers to at "
             f"most {has}"
         )
     copied = 0
@@ -134,7 +151,7 @@ def load_lower_layers(net: nn.Sequential, ckpt_path: str | Path, layers: int | N
             layer = "the input" if position == 0 else f"hidden layer {position}"
             raise ConfigError(
                 f"{where}: {layer} does not match the source's: {difference}; reused layers "
-                "need the source's model settings (or set transfer.layers lower)"
+                f"need the source's model settings (or set {group}.layers lower)"
             )
         for mine, its in zip(_kept(ours[position]), _kept(theirs[position]), strict=True):
             mine.load_state_dict(its.state_dict())
@@ -151,16 +168,16 @@ class FreezeReusedLayers(BaseFinetuning):
         freeze_epochs: int,
         unfreeze_lr: float | None = None,
         frozen_bn: str = "inference",
+        key: str | None = None,
     ) -> None:
         super().__init__()
-        lookup(FROZEN_BN_MODES, "transfer.frozen_bn", frozen_bn)
-        settings = {"layers": layers, "freeze_epochs": freeze_epochs, "unfreeze_lr": unfreeze_lr}
-        check_all("transfer", RULES, settings)
+        self.key = key or default_key(TransferSettings)
+        TransferSettings(None, layers, freeze_epochs, unfreeze_lr, frozen_bn, key=self.key)
         self.layers, self.freeze_epochs = layers, freeze_epochs
         self.unfreeze_lr, self.frozen_bn = unfreeze_lr, frozen_bn
 
     def _reused(self, pl_module: L.LightningModule) -> list[nn.Module]:
-        return reused_modules(pl_module.net, self.layers)
+        return reused_modules(pl_module.net, self.layers, self.key)
 
     def _frozen_bn_layers(self, pl_module: L.LightningModule) -> list[_BatchNorm]:
         return [m for m in self._reused(pl_module) if isinstance(m, _BatchNorm)]
@@ -211,12 +228,14 @@ def join_schedules(trainer: L.Trainer, optimizer: Optimizer, groups: list[dict[s
                 join_schedule(config.scheduler, group)
 
 
-def transfer_callbacks(transfer: Any) -> Iterable[L.Callback]:
-    """The freezing callback when a source checkpoint is set and layers start frozen."""
+def transfer_callbacks(transfer: Any, key: str | None = None) -> Iterable[L.Callback]:
+    """The freezing callback when a source checkpoint is set and layers start frozen (``key``:
+    where the config holds ``transfer``)."""
     if transfer and transfer.get("ckpt_path") and transfer.get("freeze_epochs", 0) > 0:
         yield FreezeReusedLayers(
             transfer.get("layers"),
             transfer["freeze_epochs"],
             transfer.get("unfreeze_lr"),
             transfer.get("frozen_bn", "inference"),
+            key,
         )

@@ -19,6 +19,7 @@ import json
 import logging
 import statistics
 from collections.abc import Mapping
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,19 +35,37 @@ from dnnlab.callbacks.diagnostics.verdict import Samples, Thresholds, judge
 from dnnlab.errors import TrainingDiverged
 from dnnlab.files import atomic_write_text
 from dnnlab.model import dense_layers
-from dnnlab.ranges import Rule, check_all, integers, interval
+from dnnlab.ranges import integers, interval
 from dnnlab.scalars import AFTER_CURVES, log_scalars
+from dnnlab.settings import check_fields, setting
 
 log = logging.getLogger(__name__)
 
 KEY = "callbacks.gradient_diagnostics"
-# Its settings' valid ranges (also checked before any data is read: dnnlab.app.checks).
-RULES: dict[str, Rule] = {
-    "every_n_steps": integers("a sampling period in optimizer steps", 1),
-    "histogram_every_n_epochs": integers("a period in epochs (0: never)", 0),
-    "figure_every_n_epochs": integers("a period in epochs (0: never)", 0),
-    "saturation_eps": interval("a saturation margin", 0, 0.5, "()"),
-}
+
+
+@dataclass(frozen=True)
+class DiagnosticsSettings:
+    """Its settings (also checked before any data is read: dnnlab.app.checks)."""
+
+    every_n_steps: int = setting(
+        rule=integers("a sampling period in optimizer steps", 1), doc="sample one step in this many"
+    )
+    histogram_every_n_epochs: int = setting(
+        rule=integers("a period in epochs (0: never)", 0), doc="weight and gradient histograms"
+    )
+    figure_every_n_epochs: int = setting(
+        rule=integers("a period in epochs (0: never)", 0), doc="gradient norm vs depth figure"
+    )
+    saturation_eps: float = setting(
+        rule=interval("a saturation margin", 0, 0.5, "()"), doc="sigmoid/tanh tail width"
+    )
+    key: InitVar[str] = KEY
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
+
+
 PREFIX = AFTER_CURVES  # every diagnostics tag: its groups sort after the learning curves
 VERDICT_FILE = "gradient_diagnostics.json"
 FIGURE_FILE = "grad_norm_vs_depth.png"
@@ -107,13 +126,9 @@ class GradientDiagnostics(Callback):
         verdict: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        settings = {
-            "every_n_steps": every_n_steps,
-            "histogram_every_n_epochs": histogram_every_n_epochs,
-            "figure_every_n_epochs": figure_every_n_epochs,
-            "saturation_eps": saturation_eps,
-        }
-        check_all(KEY, RULES, settings)
+        DiagnosticsSettings(
+            every_n_steps, histogram_every_n_epochs, figure_every_n_epochs, saturation_eps
+        )
         self.every_n_steps = every_n_steps
         self.histogram_every_n_epochs = histogram_every_n_epochs
         self.figure_every_n_epochs = figure_every_n_epochs

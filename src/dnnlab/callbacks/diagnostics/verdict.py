@@ -8,53 +8,63 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import InitVar, asdict, dataclass, fields
 from typing import Any
 
 from dnnlab.errors import ConfigError
-from dnnlab.ranges import Rule, check_all, integers, interval, positive
+from dnnlab.ranges import integers, interval, positive
+from dnnlab.settings import check_fields, default_key, setting
 
-KEY = "callbacks.gradient_diagnostics.verdict"
 _RATIO = positive("a gradient ratio")
 _TOLERANCE = positive("a tolerance")
 _FRACTION = interval("a fraction of the layer's units", 0, 1, "(]")
-# Each threshold's valid range (also checked before any data is read: dnnlab.app.checks).
-RULES: dict[str, Rule] = {
-    "vanishing_ratio": _RATIO,
-    "exploding_ratio": _RATIO,
-    "exploding_growth": positive("a growth factor"),
-    "selu_mean_tol": _TOLERANCE,
-    "selu_std_tol": _TOLERANCE,
-    "dead_fraction": _FRACTION,
-    "saturated_fraction": _FRACTION,
-    "window": integers("a number of samples", 1),
-}
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When the verdict calls gradients vanishing or exploding (``verdict.*`` in the config)."""
+    """When the verdict calls gradients vanishing or exploding (``verdict.*`` in the config;
+    each threshold's range is also checked before any data is read: dnnlab.app.checks)."""
 
-    vanishing_ratio: float = 0.01  # layer 1's RMS gradient below this fraction of the last layer's
-    exploding_ratio: float = 100.0  # ... or above this multiple of it
-    exploding_growth: float = 1000.0  # total gradient norm grew this much from an earlier sample
-    selu_mean_tol: float = 0.15  # self-normalization holds when every |mean| is below this
-    selu_std_tol: float = 0.15  # ... and every |std - 1| below this
-    dead_fraction: float = 0.5  # report layers with at least this fraction of dead units
-    saturated_fraction: float = 0.5  # ... or of outputs in the sigmoid/tanh tails
-    window: int = 10  # the per-layer figures are medians over the last `window` samples
+    vanishing_ratio: float = setting(
+        0.01, rule=_RATIO, doc="layer 1's RMS gradient below this fraction of the last layer's"
+    )
+    exploding_ratio: float = setting(100.0, rule=_RATIO, doc="... or above this multiple of it")
+    exploding_growth: float = setting(
+        1000.0,
+        rule=positive("a growth factor"),
+        doc="total gradient norm grew this much from an earlier sample",
+    )
+    selu_mean_tol: float = setting(
+        0.15, rule=_TOLERANCE, doc="self-normalization holds when every |mean| is below this"
+    )
+    selu_std_tol: float = setting(0.15, rule=_TOLERANCE, doc="... and every |std - 1| below this")
+    dead_fraction: float = setting(
+        0.5, rule=_FRACTION, doc="report layers with at least this fraction of dead units"
+    )
+    saturated_fraction: float = setting(
+        0.5, rule=_FRACTION, doc="... or of outputs in the sigmoid/tanh tails"
+    )
+    window: int = setting(
+        10,
+        rule=integers("a number of samples", 1),
+        doc="the per-layer figures are medians over the last `window` samples",
+    )
+    key: InitVar[str] = "callbacks.gradient_diagnostics.verdict"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
 
     @classmethod
-    def from_config(cls, values: Mapping[str, Any] | None) -> Thresholds:
+    def from_config(cls, values: Mapping[str, Any] | None, key: str | None = None) -> Thresholds:
+        key = key or default_key(cls)
         valid = [f.name for f in fields(cls)]
         values = dict(values or {})
         unknown = sorted(set(values) - set(valid))
         if unknown:
             raise ConfigError(
-                f"{KEY}.{unknown[0]} is not a threshold; choose from: {', '.join(valid)}"
+                f"{key}.{unknown[0]} is not a threshold; choose from: {', '.join(valid)}"
             )
-        check_all(KEY, RULES, values)
-        return cls(**values)
+        return cls(**values, key=key)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
