@@ -14,7 +14,7 @@ from dnnlab.app.checks import check_ranges, range_rules, settings_classes
 from dnnlab.app.compose import compose_config
 from dnnlab.data.datamodule import DataSettings
 from dnnlab.errors import ConfigError
-from dnnlab.model.blocks import BatchNormChoice
+from dnnlab.model.hidden import BatchNormChoice
 from dnnlab.optim.regularization import Regularization
 from dnnlab.ranges import (
     SEED,

@@ -10,7 +10,7 @@ import pytest
 
 from dnnlab.app.checks import choices, settings_classes
 from dnnlab.errors import ConfigError
-from dnnlab.model.blocks import BatchNormChoice
+from dnnlab.model.hidden import BatchNormChoice
 from dnnlab.optim import schedules
 from dnnlab.settings import RuleTable, check_values, docs, from_mapping
 from dnnlab.train.transfer import FROZEN_BN_MODES, TransferSettings

@@ -14,7 +14,7 @@ from conftest import OPTIMIZERS
 from dnnlab.app.compose import compose_config
 from dnnlab.errors import ConfigError
 from dnnlab.model import build_mlp
-from dnnlab.model.blocks import BiasedBatchNorm1d
+from dnnlab.model.hidden import BiasedBatchNorm1d
 from dnnlab.optim.optimizers import build_optimizer, check_optimizer, state_tensors
 from dnnlab.optim.regularization import Regularization
 from dnnlab.train.module import Classifier

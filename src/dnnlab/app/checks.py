@@ -37,14 +37,14 @@ def settings_classes() -> dict[str, tuple[Any, ...]]:
     from dnnlab.callbacks.diagnostics import verdict
     from dnnlab.data import datamodule
     from dnnlab.evaluate import evaluation
-    from dnnlab.model import blocks, initializers, mlp
+    from dnnlab.model import hidden, initializers, mlp
     from dnnlab.optim import clipping, optimizers, regularization, schedules
     from dnnlab.train import lr_finder, transfer
 
     return {
-        "model": (mlp.Layers, blocks.BatchNormChoice, blocks.DropoutChoice),
+        "model": (mlp.Layers, hidden.BatchNormChoice, hidden.DropoutChoice),
         "model.variance_scaling": (initializers.VarianceScaling,),
-        "parity": (blocks.BatchNormChoice,),  # the library defaults model.bn_* interpolate
+        "parity": (hidden.BatchNormChoice,),  # the library defaults model.bn_* interpolate
         "optimizer": (optimizers.SETTINGS,),  # any optimizer's arguments, by name
         "scheduler": (schedules.SchedulerSettings,),
         "scheduler.schedule": (schedules.SETTINGS,),  # any schedule's arguments, by name
@@ -210,10 +210,11 @@ def check_override_types(cfg: DictConfig, baseline: DictConfig, keys: Iterable[s
             continue  # an interpolation: its type is whatever it points to
         if not fits(expected, value):
             raise ConfigError(
-                f"{key}={plain(value)!r} has the wrong type; expected {type_name(expected)} "
-                f"like the default {key}={plain(expected)!r}"
+                f"{key}={as_written(value)!r} has the wrong type; expected {type_name(expected)} "
+                f"like the default {key}={as_written(expected)!r}"
             )
 
 
-def plain(value: Any) -> Any:
+def as_written(value: Any) -> Any:
+    """A config value as the user wrote it: containers plain, interpolations unresolved."""
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibratio
 from dnnlab.data import IdxDataModule, build_datamodule
 from dnnlab.errors import ConfigError, lookup, one_line
 from dnnlab.files import atomic_write_text
-from dnnlab.model.blocks import DROPOUT_TYPES
+from dnnlab.model.hidden import DROPOUT_TYPES
 from dnnlab.ranges import check_number, integers
 from dnnlab.settings import check_fields, default_key, setting
 from dnnlab.train.checkpoint_files import restore_classifier

@@ -1,4 +1,4 @@
-"""Where the MLP is assembled from config: Flatten, hidden blocks, then the head (logits)."""
+"""Where the MLP is assembled from config: Flatten, hidden layers, then the head (logits)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from dnnlab.errors import ConfigError
 from dnnlab.model.activations import ACTIVATIONS, build_activation
-from dnnlab.model.blocks import BatchNormChoice, DropoutChoice
+from dnnlab.model.hidden import BatchNormChoice, DropoutChoice
 from dnnlab.model.initializers import (
     PYTORCH,
     init_choices,
@@ -29,7 +29,7 @@ PASSED = ("input_dim", "num_classes", "sigmoid_head", "key")
 @dataclass(frozen=True)
 class Layers:
     """The model's layers: their sizes, activation and initializer (BatchNorm and dropout:
-    :mod:`dnnlab.model.blocks`; ``init: variance_scaling``: :class:`VarianceScaling`)."""
+    :mod:`dnnlab.model.hidden`; ``init: variance_scaling``: :class:`VarianceScaling`)."""
 
     hidden: Sequence[int] = setting(
         items=integers("a layer size (units)", 1), doc="units of each hidden layer, bottom up"

@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import Optimizer
 
 from dnnlab.errors import ConfigError
-from dnnlab.model.blocks import DROPOUT_TYPES
+from dnnlab.model.hidden import DROPOUT_TYPES
 from dnnlab.optim.schedules import join_schedule
 from dnnlab.ranges import LEARNING_RATE, Rule, check_number, integers, or_null
 from dnnlab.settings import check_fields, default_key, setting

@@ -1,8 +1,8 @@
-"""BatchNorm and dropout choices: where they sit in a hidden block, and their validation.
+"""BatchNorm and dropout choices: where they sit in a hidden layer, and their validation.
 
-A hidden block is ``Dense -> activation`` with ``batch_norm: after`` adding ``-> BN`` and
+A hidden layer is ``Dense -> activation`` with ``batch_norm: after`` adding ``-> BN`` and
 ``batch_norm: before`` giving ``Dense (no bias) -> BN -> activation`` (BN's shift replaces the
-bias, as in the book); dropout, when on, follows the block.
+bias, as in the book); dropout, when on, follows the layer.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class BatchNormChoice:
     """The model's BatchNorm settings (``name``: their config key)."""
 
     place: str = setting(
-        "none", choices=BATCH_NORM_PLACES, name="batch_norm", doc="where BN sits in a block"
+        "none", choices=BATCH_NORM_PLACES, name="batch_norm", doc="where BN sits in a hidden layer"
     )
     on_input: bool = setting(False, name="input_batch_norm", doc="BN on the flattened input")
     # PyTorch's convention: new = (1 - momentum) * old + momentum * batch
