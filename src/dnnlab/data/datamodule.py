@@ -17,6 +17,7 @@ from dnnlab.data.idx import parse_idx, read_idx_bytes
 from dnnlab.data.sources import SPLIT_FILES, get_spec, locate, verified_bytes
 from dnnlab.errors import ConfigError, DataError, lookup
 from dnnlab.ranges import Rule, check_all, or_null, positive_int
+from dnnlab.train.blocks import BlockPlan, check_block_for_processes, first_tensor, plan_of
 
 VAL_SPLITS = ("last", "first", "random")
 IMAGE_SHAPE = (28, 28)  # (Fashion-)MNIST's, and the input_shape every model is built for
@@ -29,17 +30,6 @@ RULES: dict[str, Rule] = {
     "val_size": positive_int("a number of validation images"),
     "train_size": or_null(positive_int("a number of training images"), "all of them"),
 }
-
-
-def check_block_for_processes(steps_per_block: int, world_size: int) -> None:
-    """One optimizer step per Lightning batch with several processes: DDP averages gradients
-    once per forward of the wrapped module, so a block of steps would train each process alone.
-    """
-    if world_size > 1 and steps_per_block > 1:
-        raise ConfigError(
-            f"data.steps_per_block={steps_per_block} must be 1 with {world_size} "
-            "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
-        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -253,26 +243,28 @@ class IdxDataModule(L.LightningDataModule):
         self, batch: Any, device: torch.device, dataloader_idx: int
     ) -> Any:
         # Batches are sliced from tensors already on the training device: nothing to move.
-        first = batch[0][0] if isinstance(batch, list) else batch[0]
-        if first.device == device:
+        if first_tensor(batch).device == device:
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _loader(
-        self, split: str, batch_size: int, shuffle: bool, steps_per_block: int | None = None
+        self, split: str, batch_size: int, shuffle: bool, plan: BlockPlan | None = None
     ) -> TensorBatches:
         x, y = self.tensors[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = EpochOrder(len(x), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
-        return TensorBatches(x, y, batch_size, order, steps_per_block, self.pixels)
+        return TensorBatches(x, y, batch_size, order, transform=self.pixels, plan=plan)
 
     def train_dataloader(self) -> TensorBatches:
+        """Blocks of optimizer steps, limited and cut as the run's step settings say."""
         if self.trainer is not None:  # train.py checks it before the processes start
             check_block_for_processes(self.steps_per_block, self.trainer.world_size)
-        return self._loader(
-            "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
-        )
+        plan = plan_of(self.trainer, self.steps_per_block)
+        loader = self._loader("train", self.batch_size, shuffle=True, plan=plan)
+        if self.trainer is not None:
+            plan.check_interval(self.trainer, loader.epoch_steps)
+        return loader
 
     def val_dataloader(self) -> TensorBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)
