@@ -462,10 +462,17 @@ class StepCounting:
             total = min(total, trainer.max_steps - trainer.global_step)  # as Lightning does
         return total
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        self._block_start = trainer.global_step
+        super().on_train_batch_start(trainer, pl_module, batch, idx)  # type: ignore[misc]
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        done = steps_in(trainer, idx + 1)
+        # The steps before this block, and those of it that ran (max_steps may cut it short).
+        done = steps_in(trainer, idx) + trainer.global_step - self._block_start
         super().on_train_batch_end(trainer, pl_module, outputs, batch, done - 1)  # type: ignore[misc]
 
 
