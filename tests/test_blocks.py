@@ -198,7 +198,7 @@ def test_a_fraction_of_the_epoch_is_a_fraction_of_its_steps(tmp_path: Path) -> N
 
 
 def test_an_interval_longer_than_the_epoch_is_one_line() -> None:
-    trainer = SimpleNamespace(check_val_every_n_epoch=1, limit_val_batches=1.0)
+    trainer = SimpleNamespace(check_val_every_n_epoch=1, limit_val_batches=1.0, fast_dev_run=0)
     with pytest.raises(
         ConfigError,
         match=r"^trainer.val_check_interval=20 is more than the 16 optimizer steps of an epoch; ",

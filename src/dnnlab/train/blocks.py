@@ -52,7 +52,7 @@ PRIVATE_MEMBERS: dict[str, dict[str, str]] = {
     },
     "lightning.pytorch:LightningModule": {
         "_current_fx_name": "DirectStep: what self.log inside a step hook reads; "
-        "Classifier.__setattr__ sets it without nn.Module's checks",
+        "BlockTraining.__setattr__ sets it without nn.Module's checks",
     },
     "lightning.pytorch.callbacks:ModelCheckpoint": {
         "_every_n_train_steps": "RunCheckpoint: its step trigger at block ends",
@@ -150,7 +150,8 @@ class BlockPlan:
 
     def check_interval(self, trainer: L.Trainer, epoch_steps: int) -> None:
         """An interval in steps must fit in the epoch (Lightning's rule, said in steps)."""
-        checks = trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0
+        validates = trainer.check_val_every_n_epoch is not None and trainer.limit_val_batches > 0
+        checks = validates and not trainer.fast_dev_run  # which validates after one batch
         if checks and isinstance(self.interval, int) and self.interval > epoch_steps:
             raise ConfigError(
                 f"trainer.val_check_interval={self.interval} is more than the {epoch_steps} "
@@ -198,8 +199,10 @@ class StepSettings(Callback):
         self.plan = plan
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        blocks = self.plan.interval_blocks(epoch_steps_of(trainer))
-        if isinstance(self.plan.interval, float) and blocks is not None:
+        if not isinstance(self.plan.interval, float) or trainer.fast_dev_run:
+            return  # fast_dev_run validates after its one batch
+        blocks = self.plan.interval_blocks(int(epoch_steps_of(trainer)))
+        if blocks is not None:
             trainer.val_check_batch = blocks
 
 
@@ -242,18 +245,14 @@ def plan_of(trainer: L.Trainer | None, steps_per_block: int) -> BlockPlan:
     return replace(settings[0].plan, steps_per_block=steps_per_block)
 
 
-def steps_in(trainer: L.Trainer, blocks: int | float) -> int:
+def steps_in(trainer: L.Trainer, blocks: int | float) -> int | float:
     """Optimizer steps in the epoch's first ``blocks`` training batches, whatever the loader."""
     through = getattr(trainer.train_dataloader, "steps_through", None)
-    if through is not None:
-        return through(blocks)
-    if blocks == math.inf:
-        raise ConfigError("the schedule needs the epoch length; the train loader has none")
-    return int(blocks)  # a plain loader: a batch is a step
+    return through(blocks) if through is not None else blocks  # else a batch is a step
 
 
-def epoch_steps_of(trainer: L.Trainer) -> int:
-    """Optimizer steps in a training epoch of ``trainer``."""
+def epoch_steps_of(trainer: L.Trainer) -> int | float:
+    """Optimizer steps in a training epoch of ``trainer`` (``inf`` for a loader without end)."""
     return steps_in(trainer, trainer.num_training_batches)
 
 
@@ -261,7 +260,10 @@ def optimizer_steps_per_epoch(trainer: L.Trainer) -> int:
     """Optimizer steps in one training epoch, as ``limit_train_batches`` leaves it (for a
     schedule over the run: ``trainer.estimated_stepping_batches`` counts blocks)."""
     trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning set up the train loader
-    return epoch_steps_of(trainer)
+    steps = epoch_steps_of(trainer)
+    if steps == math.inf:
+        raise ConfigError("the schedule needs the epoch length; the train loader has none")
+    return int(steps)
 
 
 @contextmanager
@@ -418,6 +420,18 @@ class BlockModule(Protocol):
     def after_step(self, optimizer: Any, step: int, constrain: bool) -> None: ...
 
     def after_block(self) -> None: ...
+
+
+class BlockTraining:
+    """Mixed into a LightningModule that trains a block of steps per batch: Lightning sets
+    ``_current_fx_name`` twice per hook call, several hooks per step; the parameter, buffer and
+    module checks of ``nn.Module.__setattr__`` are wasted on a plain string."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
 
 def train_block(module: BlockModule, block: Sequence[tuple[Tensor, Tensor]]) -> None:

@@ -37,7 +37,7 @@ from dnnlab.optim.optimizers import build_optimizer, check_optimizer
 from dnnlab.optim.regularization import Regularization
 from dnnlab.optim.schedules import build_schedule, check_scheduler
 from dnnlab.scalars import log_scalars
-from dnnlab.train.blocks import train_block
+from dnnlab.train.blocks import BlockTraining, train_block
 
 Batch = tuple[Tensor, Tensor]
 
@@ -97,7 +97,7 @@ class TrainingTotals(nn.Module):
         return result
 
 
-class Classifier(L.LightningModule):
+class Classifier(BlockTraining, L.LightningModule):
     """Classifier logging loss and accuracy per stage, and ``val/acc_best``.
 
     ``loss`` names an entry of :data:`dnnlab.model.losses.LOSSES` (cross-entropy by default).
@@ -166,15 +166,6 @@ class Classifier(L.LightningModule):
 
             compiled = self._compiled_updates[id(optimizer)] = torch.compile(update)
         return compiled
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets ``_current_fx_name`` twice per hook call; the parameter, buffer and module
-        # checks of ``nn.Module.__setattr__`` are wasted on a plain string (the name is listed in
-        # dnnlab.train.blocks.PRIVATE_MEMBERS).
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
