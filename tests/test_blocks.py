@@ -10,9 +10,11 @@ from typing import Any
 
 import lightning as L
 import pytest
+import torch
 
 from conftest import tiny_task
 from dnnlab.app.compose import compose_config
+from dnnlab.data.batches import EpochOrder, TensorBatches
 from dnnlab.errors import ConfigError
 from dnnlab.train.blocks import (
     BlockPlan,
@@ -207,3 +209,21 @@ def test_an_interval_longer_than_the_epoch_is_one_line() -> None:
     BlockPlan(5, interval=20).check_interval(
         SimpleNamespace(**{**vars(trainer), "limit_val_batches": 0}), 16
     )
+
+
+def test_the_loader_resumes_mid_epoch_with_the_blocks_of_its_plan() -> None:
+    def loader(interval: int | None) -> TensorBatches:
+        order = EpochOrder(40, shuffle=True, seed=3)
+        plan = BlockPlan(3, limit=13, interval=interval)
+        return TensorBatches(torch.arange(40.0), torch.arange(40), 2, order, plan=plan)
+
+    first = loader(5)
+    whole = [torch.cat([y for _, y in block]).tolist() for block in first]
+    assert [len(b) for b in whole] == [6, 4, 6, 4, 6]  # steps: 3, 2, 3, 2, 3 (13 of 20)
+    blocks = iter(first)
+    next(blocks), next(blocks), next(blocks)  # killed after the third block
+    fresh = loader(5)
+    fresh.load_state_dict(first.state_dict())
+    assert [torch.cat([y for _, y in block]).tolist() for block in fresh] == whole[3:]
+    with pytest.raises(ConfigError, match=r"trainer.val_check_interval: 5 -> 4"):
+        loader(4).load_state_dict(first.state_dict())
