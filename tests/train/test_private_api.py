@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import ROOT
 from dnnlab.train.blocks import PRIVATE_MEMBERS
 
 # Names that only look private: NamedTuple's public ``_replace``, Hydra's ``_target_`` key.
@@ -53,7 +54,7 @@ def test_private_member_exists(owner: str, member: str, tmp_path: Path) -> None:
 def test_every_private_member_in_the_package_is_listed() -> None:
     """A new ``x._member`` outside ``self`` in src/dnnlab must join the list (or be made public)."""
     listed = {member for members in PRIVATE_MEMBERS.values() for member in members}
-    source = Path(__file__).resolve().parents[1] / "src" / "dnnlab"
+    source = ROOT / "src" / "dnnlab"
     used = set()
     for path in source.rglob("*.py"):
         for line in path.read_text().splitlines():
