@@ -137,8 +137,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
         callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
     callbacks += blocks.progress_bar(callbacks, cfg.trainer.get("enable_progress_bar", True))
     loggers = build_loggers(cfg) or False
-    node = OmegaConf.merge(cfg.trainer, flags)
-    trainer = build(node, "trainer", callbacks=callbacks, logger=loggers)
+    trainer = build({**plain(cfg.trainer), **flags}, "trainer", callbacks=callbacks, logger=loggers)
     # DDP starts its other processes at fit: refuse now, in this process alone.
     blocks.check_block_for_processes(steps_per_block, trainer.world_size)
     return trainer
