@@ -135,7 +135,7 @@ def test_a_book_study_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
         "experiment=book/mc_dropout",
         *tiny_data(tmp_path),
         *QUICK,
-        "trainer.limit_train_batches=2",
+        "trainer.limit_train_batches=32",
         "mc_dropout.samples=3",
         "logger=none",
         f"hydra.run.dir={tmp_path / 'run'}",

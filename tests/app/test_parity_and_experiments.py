@@ -93,7 +93,7 @@ def test_selu_100_layers_trains_where_relu_he_does_not_yet(make_config) -> None:
             f"experiment={experiment}",
             "optimizer.lr=1e-3",  # the experiment's (the book's), not the quick runs' 0.05
             "trainer.max_epochs=1",
-            "trainer.limit_train_batches=5",  # 80 steps
+            "trainer.limit_train_batches=80",  # optimizer steps
             "trainer.num_sanity_val_steps=0",
             "callbacks.model_checkpoint=null",
             "logger=none",

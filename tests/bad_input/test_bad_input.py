@@ -360,6 +360,18 @@ CASES = [
         r"step use data.batch_size=128",
     ),
     (
+        "a negative number of training steps",
+        ["trainer.limit_train_batches=-5"],
+        r"^error: trainer.limit_train_batches=-5 is not valid; give a number of optimizer steps "
+        r"\(an integer >= 0\) or a fraction of the epoch \(0.0-1.0\)$",
+    ),
+    (
+        "a validation interval longer than the epoch",
+        ["+trainer.val_check_interval=500"],  # QUICK: 160 optimizer steps an epoch
+        r"^error: trainer.val_check_interval=500 is more than the 160 optimizer steps of an "
+        r"epoch; give at most that many, or a fraction of the epoch \(0.0-1.0\)$",
+    ),
+    (
         "numbers for a list of integers",
         ["model.hidden=[1e9]"],
         r"model.hidden=\[1000000000.0\] has the wrong type; expected a list of integers like the "

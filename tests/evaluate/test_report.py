@@ -75,7 +75,7 @@ def test_optuna_search_runs_trials_and_maximizes(tmp_path: Path) -> None:
         "hydra.sweeper.n_trials=2",
         "trainer.max_epochs=1",
         "test=false",
-        "trainer.limit_train_batches=2",
+        "trainer.limit_train_batches=32",
     ]
     result = run_script(tmp_path, "train.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,7 +20,7 @@ from dnnlab.train.run import run
 # 48 optimizer steps, no sanity check, no checkpoint: the effect, not the bookkeeping.
 SHORT = [
     "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
+    "trainer.limit_train_batches=48",
     "trainer.num_sanity_val_steps=0",
     "callbacks.model_checkpoint=null",
     "test=false",

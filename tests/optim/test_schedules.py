@@ -23,7 +23,8 @@ TRAINER = SimpleNamespace(
     max_steps=-1,
     estimated_stepping_batches=10,
     num_training_batches=4,
-    train_dataloader=SimpleNamespace(steps_per_block=32, num_batches=100),
+    # 100 mini-batches in blocks of 32: a block count -> its optimizer steps
+    train_dataloader=SimpleNamespace(steps_through=lambda blocks: min(32 * blocks, 100)),
 )
 
 

@@ -383,7 +383,7 @@ def test_a_resume_from_a_moved_run_tests_the_best_checkpoint_that_exists(
 
 @requires_fashion
 def test_same_config_and_seed_give_identical_metrics(make_config) -> None:
-    overrides = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "test=false"]
+    overrides = ["trainer.max_epochs=1", "trainer.limit_train_batches=64", "test=false"]
     configs = [make_config([*overrides, "trainer.deterministic=true"], run=r) for r in "ab"]
     first, second = (run(cfg) for cfg in configs)
     assert first == second and "val/acc" in first

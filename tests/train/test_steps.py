@@ -11,15 +11,15 @@ import lightning as L
 import pytest
 import torch
 
+import dnnlab.train.blocks
 import dnnlab.train.module
-import dnnlab.train.steps
 from conftest import requires_fashion
+from dnnlab.train.blocks import DirectStep, LightningStep
 from dnnlab.train.run import run
-from dnnlab.train.steps import DirectStep, LightningStep
 
 pytestmark = requires_fashion
 
-SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.steps_per_block=4"]
+SHORT = ["trainer.max_epochs=1", "trainer.limit_train_batches=12", "data.steps_per_block=4"]
 
 
 class HookRecorder(L.Callback):
@@ -46,15 +46,15 @@ class HookRecorder(L.Callback):
 def train(make_config, monkeypatch, direct: bool, overrides=(), run_name="run"):
     """A short run; returns the recorder, the metrics, the final weights and the stepper types."""
     if not direct:
-        monkeypatch.setattr(dnnlab.train.steps, "direct_applies", lambda trainer: False)
+        monkeypatch.setattr(dnnlab.train.blocks, "direct_applies", lambda trainer: False)
     chosen: list[type] = []
-    original = dnnlab.train.module.stepper
+    original = dnnlab.train.blocks.stepper
 
     def recording_stepper(module, optimizer, update=None):
         chosen.append(type(steps := original(module, optimizer, update)))
         return steps
 
-    monkeypatch.setattr(dnnlab.train.module, "stepper", recording_stepper)
+    monkeypatch.setattr(dnnlab.train.blocks, "stepper", recording_stepper)
     cfg = make_config([*SHORT, "test=false", *overrides], run=run_name)
     recorder = HookRecorder()
     metrics = run(cfg, extra_callbacks=[recorder])

@@ -110,7 +110,7 @@ def test_dropout_may_differ_and_batchnorm_statistics_come_along(tmp_path: Path) 
 @requires_fashion
 def test_source_with_another_head_loads_and_mismatch_is_one_line(make_config) -> None:
     source = make_config(
-        [*TASK_A, "trainer.max_epochs=1", "trainer.limit_train_batches=1"], run="a"
+        [*TASK_A, "trainer.max_epochs=1", "trainer.limit_train_batches=16"], run="a"
     )
     run(source)
     ckpt = Path(source.paths.output_dir) / "checkpoints" / "last.ckpt"

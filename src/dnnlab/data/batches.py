@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from dnnlab.errors import ConfigError, refusal
+from dnnlab.train.blocks import BlockPlan  # where blocks end: the training side decides
 
 
 class EpochOrder:
@@ -52,8 +53,9 @@ class EpochOrder:
 class TensorBatches:
     """An iterable of ``(images, labels)`` batches over in-memory tensors, in ``sampler``'s order.
 
-    With ``steps_per_block`` set, each item is a list of that many consecutive batches (the last
-    one shorter): a training block that the module runs as that many optimizer steps.
+    With ``steps_per_block`` (or a ``plan``) set, each item is a list of consecutive batches: a
+    training block that the module runs as that many optimizer steps, cut as the
+    :class:`~dnnlab.train.blocks.BlockPlan` says (which also limits the epoch's steps).
 
     Stateful: Lightning stores ``state_dict()`` (epoch and items handed out) in every checkpoint
     and calls ``load_state_dict`` before iterating again, so a run resumed mid-epoch goes on with
@@ -72,6 +74,7 @@ class TensorBatches:
         steps_per_block: int | None = None,
         transform: Callable[[Tensor], Tensor] | None = None,
         key: str = "",
+        plan: BlockPlan | None = None,
     ) -> None:
         self.key = key  # where the config holds the batch settings, named in a refusal
         if len(images) != len(labels):
@@ -82,7 +85,10 @@ class TensorBatches:
             batch_size,
             sampler,
         )
-        self.steps_per_block = steps_per_block
+        if plan is None and steps_per_block is not None:
+            plan = BlockPlan(steps_per_block)
+        self.plan = plan
+        self.steps_per_block = plan.steps_per_block if plan else None
         self.transform = transform  # applied to each batch of images as it is cut (uint8 -> float)
         self.handed_out = 0  # items yielded in the current pass
         self._resume_at: tuple[int, int] | None = None  # (epoch, items to skip) from a checkpoint
@@ -91,10 +97,21 @@ class TensorBatches:
     def num_batches(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
+    @property
+    def epoch_steps(self) -> int:
+        """The batches of an epoch that are trained on: all, or the plan's limit."""
+        return self.plan.epoch_steps(self.num_batches) if self.plan else self.num_batches
+
+    def steps_through(self, items: int | float) -> int:
+        """Mini-batches (optimizer steps) in the epoch's first ``items`` items."""
+        if self.plan is None:
+            return int(min(items, self.num_batches))
+        return self.plan.steps_through(items, self.epoch_steps)
+
     def __len__(self) -> int:
-        if self.steps_per_block is None:
+        if self.plan is None:
             return self.num_batches
-        return -(-self.num_batches // self.steps_per_block)
+        return self.plan.blocks(self.epoch_steps)
 
     def batches(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The epoch's mini-batches one by one, ignoring blocks, after the first ``skip``."""
@@ -109,18 +126,12 @@ class TensorBatches:
                 yield convert(x[index]), y[index]
 
     def items(self, skip: int = 0) -> Iterator[Any]:
-        """Batches, or blocks of ``steps_per_block`` batches, after the first ``skip`` items."""
-        if self.steps_per_block is None:
+        """Batches, or the plan's blocks of batches, after the first ``skip`` items."""
+        if self.plan is None:
             yield from self.batches(skip)
             return
-        block: list[tuple[Tensor, Tensor]] = []
-        for batch in self.batches(skip * self.steps_per_block):
-            block.append(batch)
-            if len(block) == self.steps_per_block:
-                yield block
-                block = []
-        if block:
-            yield block
+        batches = self.batches(self.steps_through(skip))
+        yield from self.plan.cut(batches, self.epoch_steps, skip)
 
     def __iter__(self) -> Iterator[Any]:
         resume, self._resume_at = self._resume_at, None
@@ -136,7 +147,13 @@ class TensorBatches:
             "handed_out": self.handed_out,
             "batch_size": self.batch_size,
             "steps_per_block": self.steps_per_block or 0,
+            **self._cuts(),
         }
+
+    def _cuts(self) -> dict[str, Any]:
+        """Where blocks end besides every ``steps_per_block``: at each validation point."""
+        interval = self.plan.interval if self.plan and self.plan.steps_per_block > 1 else None
+        return {"val_check_interval": interval} if interval is not None else {}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         # train.py refuses another layout before fit (dnnlab.train.resume); this guards library use.
@@ -147,6 +164,9 @@ class TensorBatches:
             for name, value in layout.items()
             if state.get(name, value) != value
         }
+        cuts = self._cuts().get("val_check_interval")
+        if state.get("val_check_interval") != cuts:
+            changed["trainer.val_check_interval"] = (state.get("val_check_interval"), cuts)
         if changed:
             raise ConfigError(f"ckpt_path: {refusal(changed)}")  # the setting that resumes
         self.sampler.set_epoch(state["epoch"])

@@ -19,6 +19,7 @@ from dnnlab.data.sources import SPLIT_FILES, get_spec, locate, verified_bytes
 from dnnlab.errors import ConfigError, DataError
 from dnnlab.ranges import or_null, positive_int
 from dnnlab.settings import check_fields, default_key, setting
+from dnnlab.train.blocks import BlockPlan, check_block_for_processes, first_tensor, plan_of
 
 VAL_SPLITS = ("last", "first", "random")
 IMAGE_SHAPE = (28, 28)  # (Fashion-)MNIST's, and the input_shape every model is built for
@@ -50,19 +51,6 @@ class DataSettings:
     def __post_init__(self, key: str) -> None:
         check_fields(self, key)
 
-
-def check_block_for_processes(
-    steps_per_block: int, world_size: int, key: str | None = None
-) -> None:
-    """One optimizer step per Lightning batch with several processes: DDP averages gradients
-    once per forward of the wrapped module, so a block of steps would train each process alone.
-    """
-    if world_size > 1 and steps_per_block > 1:
-        raise ConfigError(
-            f"{key or default_key(DataSettings)}.steps_per_block={steps_per_block} must be 1 "
-            f"with {world_size} "
-            "processes: DDP syncs gradients once per Lightning batch (trainer=ddp sets it)"
-        )
 
 
 @functools.lru_cache(maxsize=8)
@@ -279,26 +267,30 @@ class IdxDataModule(L.LightningDataModule):
         self, batch: Any, device: torch.device, dataloader_idx: int
     ) -> Any:
         # Batches are sliced from tensors already on the training device: nothing to move.
-        first = batch[0][0] if isinstance(batch, list) else batch[0]
-        if first.device == device:
+        if first_tensor(batch).device == device:
             return batch
         return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def _loader(
-        self, split: str, batch_size: int, shuffle: bool, steps_per_block: int | None = None
+        self, split: str, batch_size: int, shuffle: bool, plan: BlockPlan | None = None
     ) -> TensorBatches:
         x, y = self.tensors[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         order = EpochOrder(len(x), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
-        return TensorBatches(x, y, batch_size, order, steps_per_block, self.pixels, self.key)
+        return TensorBatches(
+            x, y, batch_size, order, transform=self.pixels, key=self.key, plan=plan
+        )
 
     def train_dataloader(self) -> TensorBatches:
+        """Blocks of optimizer steps, limited and cut as the run's step settings say."""
         if self.trainer is not None:  # train.py checks it before the processes start
             check_block_for_processes(self.steps_per_block, self.trainer.world_size, self.key)
-        return self._loader(
-            "train", self.batch_size, shuffle=True, steps_per_block=self.steps_per_block
-        )
+        plan = plan_of(self.trainer, self.steps_per_block)
+        loader = self._loader("train", self.batch_size, shuffle=True, plan=plan)
+        if self.trainer is not None:
+            plan.check_interval(self.trainer, loader.epoch_steps)
+        return loader
 
     def val_dataloader(self) -> TensorBatches:
         return self._loader("val", self.eval_batch_size, shuffle=False)

@@ -42,6 +42,7 @@ from dnnlab.ranges import (
     shown,
 )
 from dnnlab.settings import RuleTable, check_fields, check_known_keys, check_values, setting
+from dnnlab.train import blocks
 
 # Where the schedule functions' errors point when they are called outside a config (the
 # builder's own checks name the node it is given).
@@ -292,30 +293,11 @@ def join_schedule(scheduler: LRScheduler, group: dict[str, Any]) -> None:
     else:
         group.setdefault("initial_lr", first["initial_lr"] * ratio)
         scheduler.base_lrs.append(scheduler.base_lrs[0] * ratio)
-    scheduler._last_lr.append(group["lr"])  # get_last_lr() until the next step
+    scheduler._last_lr.append(group["lr"])  # get_last_lr() until the next step (PRIVATE_MEMBERS)
     if isinstance(scheduler, LambdaLR):
         scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
     if isinstance(scheduler, PiecewiseConstantLR):
         scheduler.scales.append(scheduler.scales[0] * ratio)
-
-
-def optimizer_steps_per_epoch(trainer: Any) -> int:
-    """Optimizer steps in one training epoch, as ``limit_train_batches`` leaves it.
-
-    Lightning counts batches, which are blocks of ``data.steps_per_block`` mini-batches here
-    (``trainer.estimated_stepping_batches`` counts blocks too), so convert.
-    """
-    trainer.estimated_stepping_batches  # noqa: B018 - makes Lightning set up the train loader
-    blocks = trainer.num_training_batches
-    loader = trainer.train_dataloader
-    per_block = getattr(loader, "steps_per_block", None) or 1
-    batches = getattr(loader, "num_batches", None)
-    if blocks == float("inf"):
-        if batches is None:
-            raise ConfigError("the schedule needs the epoch length; the train loader has none")
-        return int(batches)
-    steps = int(blocks) * per_block
-    return min(steps, int(batches)) if batches is not None else steps
 
 
 def run_length(trainer: Any, interval: str) -> int:
@@ -326,7 +308,7 @@ def run_length(trainer: Any, interval: str) -> int:
             raise ConfigError("a whole-run schedule with interval=epoch needs trainer.max_epochs")
         return int(epochs)
     max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
-    by_epochs = epochs * optimizer_steps_per_epoch(trainer) if epochs is not None else None
+    by_epochs = epochs * blocks.optimizer_steps_per_epoch(trainer) if epochs is not None else None
     lengths = [n for n in (max_steps, by_epochs) if n is not None]
     if not lengths:
         raise ConfigError("a whole-run schedule needs trainer.max_epochs or trainer.max_steps")

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from dnnlab.files import HOST, TEMPORARY, atomic_write
+from dnnlab.train.blocks import crossed, ends_epoch
 
 # .<target>.<8 random characters>.tmp: tempfile.mkstemp's names, from earlier versions.
 UNOWNED = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
@@ -100,7 +101,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` for blocks of optimizer steps and for runs resumed in a new folder."""
+    """``ModelCheckpoint`` for blocks of optimizer steps and for runs resumed in a new folder.
+
+    Its private members are listed in :data:`dnnlab.train.blocks.PRIVATE_MEMBERS`.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -109,8 +113,8 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        every = self._every_n_train_steps
-        if every < 1 or trainer.global_step // every <= self._last_global_step_saved // every:
+        last, now = self._last_global_step_saved, trainer.global_step
+        if not crossed(self._every_n_train_steps, last, now):
             return
         if self._should_skip_saving_checkpoint(trainer):
             return
@@ -177,12 +181,3 @@ class RunCheckpoint(ModelCheckpoint):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # The resumed run's folder is new: keep the best score and paths of the run it continues.
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
-
-
-def ends_epoch(trainer: L.Trainer, idx: int) -> bool:
-    """Whether the batch ``idx`` that just ended is the epoch's last one (or the run's)."""
-    loop = trainer.fit_loop.epoch_loop
-    last = loop.batch_progress.is_last_batch or idx + 1 >= trainer.num_training_batches
-    return last or (
-        trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps
-    )

@@ -4,7 +4,8 @@ The learning rate grows by a constant factor every optimizer step, from ``tune.m
 ``tune.max_lr`` over ``tune.num_steps`` steps (one epoch by default), and the test stops once the
 loss explodes. The suggested learning rate is a fraction (a tenth, as the book advises) of the
 rate at the lowest smoothed loss. Lightning's ``Tuner.lr_find`` needs automatic optimization
-and counts Lightning batches (blocks of steps here), hence this small loop. The model's weights,
+and counts Lightning batches (blocks of steps here: :mod:`dnnlab.train.blocks`), hence this
+small loop over the loader's mini-batches one by one. The model's weights,
 buffers and the random-number state are restored afterwards, and the optimizer used for the test
 is thrown away, so the run that follows starts exactly as it would have without the test.
 """

@@ -4,12 +4,10 @@ Only primitive hyperparameters (dicts, lists, numbers, strings) are stored, so c
 with ``torch.load(weights_only=True)``, the default since torch 2.6.
 
 Training uses Lightning's manual optimization so that one Lightning batch can carry a *block* of
-several mini-batches (``data.steps_per_block``): Lightning's per-batch machinery costs about as much
-as a whole optimizer step of the book's MLP on a CPU, and a block pays it once for many steps.
-Every optimizer step still runs the backward and optimizer-step hooks of callbacks and counts
-towards ``global_step`` and ``max_steps``: :mod:`dnnlab.train.steps` goes through
-``manual_backward`` and the Lightning optimizer, or, where those only dispatch hooks, calls the
-hooks directly.
+several mini-batches (``data.steps_per_block``): :mod:`dnnlab.train.blocks` runs a block's
+optimizer steps, each through the backward and optimizer-step hooks of callbacks and counted
+towards ``global_step``; this module does the model's part of each step (the objective, clipping,
+max-norm, running totals, logging and per-step schedules).
 """
 
 from __future__ import annotations
@@ -39,7 +37,7 @@ from dnnlab.optim.optimizers import build_optimizer, check_optimizer
 from dnnlab.optim.regularization import Regularization
 from dnnlab.optim.schedules import build_schedule, check_scheduler
 from dnnlab.scalars import log_scalars
-from dnnlab.train.steps import DirectStep, stepper
+from dnnlab.train.blocks import BlockTraining, train_block
 
 Batch = tuple[Tensor, Tensor]
 
@@ -99,7 +97,7 @@ class TrainingTotals(nn.Module):
         return result
 
 
-class Classifier(L.LightningModule):
+class Classifier(BlockTraining, L.LightningModule):
     """Classifier logging loss and accuracy per stage, and ``val/acc_best``.
 
     ``loss`` names an entry of :data:`dnnlab.model.losses.LOSSES` (cross-entropy by default).
@@ -148,13 +146,13 @@ class Classifier(L.LightningModule):
         another. The hooks (divergence monitor, diagnostics, clipping) still run between them
         as in eager mode; the network's own ``forward`` is compiled for evaluation.
 
-        The update is compiled only on the direct step path (:mod:`dnnlab.train.steps`) and without
-        a schedule, whose changing learning rate would recompile it.
+        The update is compiled only on the direct step path (:mod:`dnnlab.train.blocks`) and
+        without a schedule, whose changing learning rate would recompile it.
         """
         self._compiled_losses = torch.compile(self._losses)
         self.net.forward = torch.compile(self.net.forward)
 
-    def _update(self, optimizer: Optimizer) -> Any:
+    def compiled_update(self, optimizer: Optimizer) -> Any:
         """The compiled ``optimizer.step`` + max-norm of :meth:`compile_step`, or ``None``."""
         if self._compiled_losses is None or self.hparams.scheduler:
             return None
@@ -169,46 +167,44 @@ class Classifier(L.LightningModule):
             compiled = self._compiled_updates[id(optimizer)] = torch.compile(update)
         return compiled
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets ``_current_fx_name`` twice per hook call; the parameter, buffer and module
-        # checks of ``nn.Module.__setattr__`` are wasted on a plain string.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, block: list[Batch], block_idx: int) -> None:
-        optimizer = self.optimizers()
-        update = self._update(optimizer.optimizer)
-        steps = stepper(self, optimizer, update)
-        constrain = update is None or not isinstance(steps, DirectStep)  # else in the update
-        per_step = [c for c in self.trainer.lr_scheduler_configs if c.interval == "step"]
-        log_every = self.trainer.log_every_n_steps
-        step = self.global_step
-        for x, y in block:
-            logits, loss, penalty = self.losses(x, y)
-            objective = loss
-            if penalty is not None:
-                objective = loss + penalty
-                self._penalty_sum += penalty.detach()
-                self._penalty_steps += 1
-            optimizer.zero_grad(set_to_none=True)
-            steps.backward(objective)
-            if self.clipping.active:
-                self.clipping(self, optimizer)
-            steps.step()
-            if constrain:
-                self.regularization.constrain(self.dense)
-            step += 1
-            self.train_totals.update(loss, logits, y)
-            if step % log_every == 0:  # before the schedule moves: the LR this step used
-                self._log_training_step(optimizer, step)
-            if per_step:
-                self._step_schedulers(per_step, step)
+        # What every step of the block asks, looked up once per block; the steps themselves
+        # run in dnnlab.train.blocks.train_block, which calls the methods below.
+        self._per_step = [c for c in self.trainer.lr_scheduler_configs if c.interval == "step"]
+        self._log_every = self.trainer.log_every_n_steps
+        train_block(self, block)
+
+    def step_objective(self, x: Tensor, y: Tensor) -> Tensor:
+        """What one optimizer step minimizes on a batch; its loss joins the running totals."""
+        logits, loss, penalty = self.losses(x, y)
+        self.train_totals.update(loss, logits, y)
+        if penalty is None:
+            return loss
+        self._penalty_sum += penalty.detach()
+        self._penalty_steps += 1
+        return loss + penalty
+
+    def before_update(self, optimizer: Any) -> None:
+        """Between backward and the update: gradient clipping."""
+        if self.clipping.active:
+            self.clipping(self, optimizer)
+
+    def after_step(self, optimizer: Any, step: int, constrain: bool) -> None:
+        """After the update of optimizer step ``step``: the max-norm constraint (unless the
+        compiled update applied it), the log at every ``log_every_n_steps``-th step, then the
+        per-step schedules."""
+        if constrain:
+            self.regularization.constrain(self.dense)
+        if step % self._log_every == 0:  # before the schedule moves: the LR this step used
+            self._log_training_step(optimizer, step)
+        if self._per_step:
+            self._step_schedulers(self._per_step, step)
+
+    def after_block(self) -> None:
         self.train_totals.flush()
 
     def losses(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,11 @@ from dnnlab.building import build
 from dnnlab.callbacks.summary import ParameterSummary
 from dnnlab.console import configure_logging, log_end_of_run
 from dnnlab.data import build_datamodule
-from dnnlab.data.datamodule import check_block_for_processes
 from dnnlab.errors import ConfigError
 from dnnlab.evaluate.evaluation import evaluate_split, require_dropout, write_evaluation
 from dnnlab.files import atomic_write_text
 from dnnlab.ranges import shown
+from dnnlab.train import blocks
 from dnnlab.train.checkpointing import remove_stale_temporaries
 from dnnlab.train.lr_finder import tune_learning_rate
 from dnnlab.train.memory import check_fits
@@ -35,10 +34,6 @@ from dnnlab.train.threads import AUTO, ThreadChoice, check_threads, choose_threa
 from dnnlab.train.transfer import load_lower_layers, transfer_callbacks
 
 log = logging.getLogger(__name__)
-
-# Lightning counts a block of data.steps_per_block optimizer steps as one batch in this warning;
-# the module logs by optimizer step, so the comparison it makes does not apply.
-warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller")
 
 
 def plain(node: Any) -> Any:
@@ -133,12 +128,18 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> 
     """The Trainer of the config; its flags and process count are checked before it builds or
     launches anything, so a refusal is one line from one process."""
     check_trainer_flags(cfg)
-    callbacks = [*build_callbacks(cfg), *extra_callbacks]
+    steps_per_block = cfg.data.get("steps_per_block", 1)
+    # The user's limit_train_batches and val_check_interval count optimizer steps; Lightning's
+    # count blocks (dnnlab.train.blocks).
+    flags, step_settings = blocks.trainer_flags(cfg.trainer, steps_per_block)
+    callbacks = [*build_callbacks(cfg), *extra_callbacks, step_settings]
     if cfg.trainer.get("enable_model_summary", True):  # in place of Lightning's own summary
         callbacks.append(ParameterSummary(max_depth=2))  # counts BN statistics as Keras does
-    trainer = build(cfg.trainer, "trainer", callbacks=callbacks, logger=build_loggers(cfg) or False)
+    callbacks += blocks.progress_bar(callbacks, cfg.trainer.get("enable_progress_bar", True))
+    loggers = build_loggers(cfg) or False
+    trainer = build({**plain(cfg.trainer), **flags}, "trainer", callbacks=callbacks, logger=loggers)
     # DDP starts its other processes at fit: refuse now, in this process alone.
-    check_block_for_processes(cfg.data.get("steps_per_block", 1), trainer.world_size, "data")
+    blocks.check_block_for_processes(steps_per_block, trainer.world_size, "data")
     return trainer
 
 
@@ -174,7 +175,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, 
             write_summary(cfg, trainer, metrics, time.perf_counter() - started, {}, threads)
             log_end_of_run(cfg.paths.output_dir, metrics, seconds=time.perf_counter() - started)
             return metrics
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    with blocks.lightning_counts_blocks():
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     tested: dict[str, Any] = {}
     if cfg.get("test"):
@@ -310,7 +312,7 @@ def write_hparams(logger: TensorBoardLogger, hparams: dict[str, Any], metrics: l
     """
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-    writer = logger.experiment._get_file_writer()  # reopens the file the test closed
+    writer = logger.experiment._get_file_writer()  # reopens the file the test closed (private)
     for summary in hparams_summary(hparams, dict.fromkeys(metrics, 0.0)):
         writer.add_summary(summary)
     logger.hparams.update(hparams)  # hparams.yaml keeps them beside the module's
