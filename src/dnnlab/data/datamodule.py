@@ -52,7 +52,6 @@ class DataSettings:
         check_fields(self, key)
 
 
-
 @functools.lru_cache(maxsize=8)
 def load_arrays(name: str, directory: str, verify: bool = True) -> dict[str, np.ndarray]:
     """The four arrays of a dataset folder, checked and cached: tests and sweeps read them once."""
