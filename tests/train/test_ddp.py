@@ -23,6 +23,7 @@ def test_two_process_cpu_ddp(tmp_path: Path) -> None:
         "trainer.accelerator=cpu",
         "trainer.devices=2",
         "data.steps_per_block=1",
+        "trainer.limit_train_batches=10",  # optimizer steps
         "trainer.limit_val_batches=null",
         "trainer.max_epochs=1",
         "test=false",
