@@ -4,6 +4,7 @@ progress bar all count optimizer steps."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -115,7 +116,7 @@ class BarReader(L.Callback):
 
 
 def tiny_run(
-    tmp_path: Path, *overrides: str, diagnostics: bool = False
+    tmp_path: Path, *overrides: str, diagnostics: bool = False, extra: Sequence[L.Callback] = ()
 ) -> tuple[dict[str, list[int]], dict[str, Any]]:
     """A run of 16 steps an epoch (batches of 4), blocks of 5, written by the CSV logger: the
     steps at which each metric was logged, and what the training bar showed."""
@@ -137,7 +138,7 @@ def tiny_run(
         output_dir=tmp_path / "run",
     )
     reader = BarReader()
-    run(cfg, extra_callbacks=[reader])
+    run(cfg, extra_callbacks=[reader, *extra])
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     steps: dict[str, list[int]] = {}
     for row in rows:
@@ -227,3 +228,26 @@ def test_the_loader_resumes_mid_epoch_with_the_blocks_of_its_plan() -> None:
     assert [torch.cat([y for _, y in block]).tolist() for block in fresh] == whole[3:]
     with pytest.raises(ConfigError, match=r"trainer.val_check_interval: 5 -> 4"):
         loader(4).load_state_dict(first.state_dict())
+
+
+class BatchReader(L.Callback):
+    """The labels of every mini-batch the training loop is handed, by epoch."""
+
+    def __init__(self) -> None:
+        self.labels: dict[int, list[list[int]]] = {}
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: Any, batch: Any, idx: int
+    ) -> None:
+        epoch = self.labels.setdefault(trainer.current_epoch, [])
+        epoch += [y.tolist() for _, y in batch]
+
+
+def test_overfit_batches_trains_the_same_optimizer_steps_every_epoch(tmp_path: Path) -> None:
+    """debug=overfit: the same first N mini-batches (N optimizer steps) in every epoch, not N
+    shuffled blocks (Lightning cannot stop this loader's shuffling; it would count blocks)."""
+    reader = BatchReader()
+    steps, _ = tiny_run(tmp_path, "+trainer.overfit_batches=7", "test=false", extra=[reader])
+    first, *others = reader.labels.values()
+    assert len(first) == 7 and all(epoch == first for epoch in others)
+    assert steps["train/loss_epoch"] == [7, 14]

@@ -524,3 +524,41 @@ def test_a_resume_with_nothing_left_to_train_is_refused(
     expected = rf"has trained 2 epochs \(8 optimizer steps\), so {named} leaves nothing to train"
     with pytest.raises(ConfigError, match=expected):
         run(again)
+
+
+@pytest.mark.parametrize(
+    ("steps_per_block", "max_steps", "left"), [(4, 3, 1), (2, 1, 3), (2, 2, 2), (1, 2, 2)]
+)
+def test_a_resume_after_max_steps_stopped_inside_an_epoch_is_refused(
+    steps_per_block: int, max_steps: int, left: int, tmp_path: Path, make_config
+) -> None:
+    """max_steps inside a block (3 of 4, 1 of 2) or at a block's end inside the epoch (2 of 4):
+    Lightning would resume at epoch 2, the rest of epoch 1 never trained."""
+    task = [*tiny_task(tmp_path / "data"), f"data.steps_per_block={steps_per_block}"]
+    limits = ["trainer.max_epochs=2", f"+trainer.max_steps={max_steps}"]
+    done = make_config([*task, *limits], run="done")
+    run(done)
+    last = Path(done.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == max_steps
+    again = make_config([*task, "trainer.max_epochs=2", f"ckpt_path={last}"], run="again")
+    expected = (
+        rf"^ckpt_path='.*last.ckpt': that run stopped {max_steps} optimizer steps in, {left} "
+        r"before the end of epoch 1 \(trainer.max_steps, or a callback that stopped it\); "
+        r"Lightning resumes such a checkpoint at the next epoch, and those steps would never be "
+        r"trained: resume from a checkpoint of an epoch's end or a step checkpoint of that run$"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        run(again)
+
+
+def test_a_resume_after_max_steps_at_an_epochs_end_trains_the_next(
+    tmp_path: Path, make_config
+) -> None:
+    task = [*tiny_task(tmp_path / "data"), "data.steps_per_block=2"]
+    done = make_config([*task, "trainer.max_epochs=2", "+trainer.max_steps=4"], run="done")
+    run(done)
+    last = Path(done.paths.output_dir) / "checkpoints" / "last.ckpt"
+    again = make_config([*task, "trainer.max_epochs=2", f"ckpt_path={last}"], run="again")
+    run(again)
+    final = Path(again.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(final, weights_only=True)["global_step"] == 8, "2 epochs of 4 steps"

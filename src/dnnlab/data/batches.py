@@ -91,6 +91,7 @@ class TensorBatches:
         self.steps_per_block = plan.steps_per_block if plan else None
         self.transform = transform  # applied to each batch of images as it is cut (uint8 -> float)
         self.handed_out = 0  # items yielded in the current pass
+        self.untrained = 0  # steps of the last block handed out that trainer.max_steps cut off
         self._resume_at: tuple[int, int] | None = None  # (epoch, items to skip) from a checkpoint
 
     @property
@@ -136,10 +137,16 @@ class TensorBatches:
     def __iter__(self) -> Iterator[Any]:
         resume, self._resume_at = self._resume_at, None
         skip = resume[1] if resume is not None and resume[0] == self.sampler.epoch else 0
-        self.handed_out = skip
+        self.handed_out, self.untrained = skip, 0
         for item in self.items(skip):
             self.handed_out += 1
             yield item
+
+    @property
+    def steps_left(self) -> int:
+        """The epoch's optimizer steps not trained yet: those of the items not handed out, and
+        what ``trainer.max_steps`` cut off the last one."""
+        return self.epoch_steps - self.steps_through(self.handed_out) + self.untrained
 
     def state_dict(self) -> dict[str, int]:
         return {
@@ -147,6 +154,7 @@ class TensorBatches:
             "handed_out": self.handed_out,
             "batch_size": self.batch_size,
             "steps_per_block": self.steps_per_block or 0,
+            "steps_left": self.steps_left,  # of the epoch (dnnlab.train.resume reads it)
             **self._cuts(),
         }
 

@@ -286,7 +286,7 @@ class IdxDataModule(L.LightningDataModule):
         if self.trainer is not None:  # train.py checks it before the processes start
             check_block_for_processes(self.steps_per_block, self.trainer.world_size, self.key)
         plan = plan_of(self.trainer, self.steps_per_block)
-        loader = self._loader("train", self.batch_size, shuffle=True, plan=plan)
+        loader = self._loader("train", self.batch_size, shuffle=not plan.same_steps, plan=plan)
         if self.trainer is not None:
             plan.check_interval(self.trainer, loader.epoch_steps)
         return loader

@@ -7,7 +7,8 @@ never sees a block: every count a user gives or reads is in optimizer steps.
 
 * :class:`BlockPlan` cuts an epoch's steps into blocks. ``trainer.limit_train_batches`` (an int)
   is the epoch's number of optimizer steps, ``trainer.val_check_interval`` (an int) the steps
-  between validations; a fraction is a fraction of the epoch's steps. A block ends at every
+  between validations, ``trainer.overfit_batches`` the steps repeated every epoch; a fraction is
+  a fraction of the epoch's steps. A block ends at every
   validation point, so an interval need not be a multiple of the block.
 * :func:`trainer_flags` turns those settings into Lightning's (counted in blocks), and
   :class:`StepSettings` keeps the user's for the loader (:func:`plan_of`).
@@ -92,6 +93,7 @@ class BlockPlan:
     steps_per_block: int = 1
     limit: int | float | None = None
     interval: int | float | None = None
+    same_steps: bool = False  # trainer.overfit_batches: the epoch's first steps, unshuffled
 
     def epoch_steps(self, batches: int) -> int:
         """The optimizer steps of an epoch of ``batches`` mini-batches, as ``limit`` leaves it."""
@@ -219,8 +221,14 @@ def trainer_flags(
     (text or a mapping) is Lightning's own.
     """
     limit = steps_of(trainer.get("limit_train_batches"), "limit_train_batches", 0)
+    # Lightning's overfit_batches would count blocks, and cannot turn off this loader's shuffling.
+    overfit = steps_of(trainer.get("overfit_batches"), "overfit_batches", 0)
+    flags: dict[str, Any] = {}
+    if overfit:  # as Lightning: it replaces limit_train_batches and limits validation alike
+        limit = overfit
+        flags = {"overfit_batches": 0, "limit_val_batches": overfit}
     interval = trainer.get("val_check_interval")
-    flags: dict[str, Any] = {"limit_train_batches": 0 if limit == 0 else None}
+    flags["limit_train_batches"] = 0 if limit == 0 else None
     if isinstance(interval, (str, Mapping)):
         interval = None
     else:
@@ -234,7 +242,7 @@ def trainer_flags(
                     "trainer.check_val_every_n_epoch, or data.steps_per_block=1"
                 )
             flags["val_check_interval"] = -(-interval // steps_per_block)
-    return flags, StepSettings(BlockPlan(steps_per_block, limit, interval))
+    return flags, StepSettings(BlockPlan(steps_per_block, limit, interval, bool(overfit)))
 
 
 def plan_of(trainer: L.Trainer | None, steps_per_block: int) -> BlockPlan:
@@ -434,6 +442,14 @@ class BlockTraining:
             super().__setattr__(name, value)
 
 
+def note_untrained(trainer: L.Trainer, steps: int) -> None:
+    """Tell the training loader (its checkpoint state) that ``steps`` of its last block were
+    not trained, so that no resume silently skips them."""
+    loader = trainer.train_dataloader
+    if hasattr(loader, "untrained"):
+        loader.untrained = steps
+
+
 def train_block(module: BlockModule, block: Sequence[tuple[Tensor, Tensor]]) -> None:
     """The optimizer steps of one Lightning batch, stopping at ``trainer.max_steps``.
 
@@ -448,8 +464,9 @@ def train_block(module: BlockModule, block: Sequence[tuple[Tensor, Tensor]]) -> 
     constrain = update is None or not isinstance(steps, DirectStep)  # else in the update
     max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else math.inf
     step = trainer.global_step
-    for x, y in block:
+    for done, (x, y) in enumerate(block):
         if step >= max_steps:  # a block may run past it: the run ends at that step
+            note_untrained(trainer, len(block) - done)
             break
         objective = module.step_objective(x, y)
         optimizer.zero_grad(set_to_none=True)

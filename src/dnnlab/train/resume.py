@@ -280,6 +280,7 @@ def check_resume(cfg: DictConfig, path: str, datamodule: Any) -> ResumePlan:
         raise checkpoint_error(KEY, Path(path), refusal(refused))
     step = checkpoint.get("global_step", 0)
     check_left_to_train(cfg, checkpoint, Path(path))
+    check_not_cut_short(checkpoint, Path(path))
     if changes:
         log.info(
             "resuming %s at step %d; changed since its checkpoint, in effect from here: %s",
@@ -314,6 +315,31 @@ def check_left_to_train(cfg: DictConfig, checkpoint: dict[str, Any], path: Path)
                 f"trainer.{key}={limit} leaves nothing to train; set trainer.{key} above {done} "
                 "to train on",
             )
+
+
+def check_not_cut_short(checkpoint: dict[str, Any], path: Path) -> None:
+    """Refuse the last checkpoint of a run that stopped inside an epoch (``trainer.max_steps``,
+    or a callback's stop).
+
+    Lightning resumes a checkpoint written after its loop ended at the next epoch, so the rest
+    of this one (the rest of a block, too: a block is one Lightning batch) would never be trained.
+    A checkpoint written during the epoch (a step checkpoint) resumes where it was.
+    """
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = loop.get("epoch_progress", {}).get("current", {})
+    ended = progress.get("processed", 0) > progress.get("completed", 0)
+    loaders = loop.get("state_dict", {}).get("combined_loader") or []
+    left = sum(state.get("steps_left", 0) for state in loaders if isinstance(state, dict))
+    if ended and left > 0:
+        raise checkpoint_error(
+            KEY,
+            path,
+            f"that run stopped {checkpoint.get('global_step', 0)} optimizer steps in, {left} "
+            f"before the end of epoch {checkpoint.get('epoch', 0) + 1} (trainer.max_steps, or a "
+            "callback that stopped it); Lightning resumes such a checkpoint at the next epoch, "
+            "and those steps would never be trained: resume from a checkpoint of an epoch's "
+            "end or a step checkpoint of that run",
+        )
 
 
 class ResumeSettings(Callback):
