@@ -16,7 +16,7 @@ never sees a block: every count a user gives or reads is in optimizer steps.
   through Lightning's hooks (:class:`DirectStep` or :class:`LightningStep`).
 * :func:`progress_bar` is a progress bar whose training bar counts optimizer steps.
 * :data:`PRIVATE_MEMBERS` lists every private Lightning and torch member the package uses;
-  ``tests/test_private_api.py`` checks that the installed versions still have each one.
+  ``tests/train/test_private_api.py`` checks that the installed versions still have each one.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from dnnlab.errors import ConfigError
 from dnnlab.ranges import shown
 
 # Every private member of Lightning or torch that dnnlab touches: "module:Class" -> members, each
-# with where and why. An upgrade that drops one fails tests/test_private_api.py, not a run.
+# with where and why. An upgrade that drops one fails tests/train/test_private_api.py, not a run.
 PRIVATE_MEMBERS: dict[str, dict[str, str]] = {
     "lightning.pytorch.core.optimizer:LightningOptimizer": {
         "_on_before_step": "DirectStep: the manual loop's step counter (global_step)",
@@ -190,7 +190,8 @@ def steps_of(value: Any, key: str, low: int) -> int | float | None:
 
 
 class StepSettings(Callback):
-    """The user's ``limit_train_batches`` and ``val_check_interval``, in optimizer steps.
+    """The user's ``limit_train_batches``, ``val_check_interval`` and ``overfit_batches``, in
+    optimizer steps.
 
     Lightning is given their block counts (:func:`trainer_flags`); the training loader reads the
     step counts here (:func:`plan_of`). A fraction of the epoch becomes a number of blocks only
@@ -211,8 +212,9 @@ class StepSettings(Callback):
 def trainer_flags(
     trainer: Mapping[str, Any], steps_per_block: int
 ) -> tuple[dict[str, Any], StepSettings]:
-    """Lightning's ``limit_train_batches`` and ``val_check_interval`` for the user's, which
-    count optimizer steps, and the callback that keeps the user's for the loader.
+    """Lightning's ``limit_train_batches``, ``val_check_interval`` and ``overfit_batches`` for
+    the user's, which count optimizer steps, and the callback that keeps the user's for the
+    loader (``overfit_batches`` becomes the loader's unshuffled limit).
 
     The loader itself yields only the limited steps, so Lightning takes all of its blocks (or
     none, for a limit of 0). An interval is given in blocks; a fraction is passed on (Lightning
@@ -404,7 +406,7 @@ def stepper(
 ) -> Stepper:
     """The cheapest path that keeps Lightning's behaviour for this trainer; ``update`` (the
     optimizer's step as one compiled call) replaces the step where the direct path applies.
-    The private members DirectStep needs are checked by tests/test_private_api.py."""
+    The private members DirectStep needs are checked by tests/train/test_private_api.py."""
     trainer = module.trainer
     if direct_applies(trainer):
         return DirectStep(trainer, module, optimizer, update)
