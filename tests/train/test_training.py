@@ -117,3 +117,24 @@ def test_compiled_network_trains_like_the_eager_one_and_saves_plain_checkpoints(
     state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert not [k for k in state["state_dict"] if "_orig_mod" in k], "keys as without compile"
     Classifier.load_from_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+
+
+@pytest.mark.slow
+def test_every_compiled_run_of_a_process_compiles_its_step(
+    make_config, tmp_path: Path, monkeypatch
+) -> None:
+    """A sweep on Hydra's basic launcher (or the benchmark) runs member after member in one
+    process. torch recompiles a function for each new model and optimizer and, past its limit
+    of recompilations per function, runs it eagerly: from the 9th member on, compile=true
+    would silently have trained eagerly. Each run starts with torch's compile caches cleared."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # the 2nd run hits it
+    overrides = [*tiny_data(tmp_path), "model.hidden=[16]", "compile=true", "test=false"]
+    overrides += ["trainer.max_epochs=1", "callbacks.gradient_diagnostics=null"]
+    frames = []
+    for member in ("first", "second"):
+        counters.clear()
+        run(make_config(overrides, quick=False, run=member))
+        frames.append(counters["frames"]["ok"])
+    assert frames[0] >= 2 and frames[1] == frames[0], "the second run compiled its step too"

@@ -148,7 +148,13 @@ class Classifier(BlockTraining, L.LightningModule):
 
         The update is compiled only on the direct step path (:mod:`dnnlab.train.blocks`) and
         without a schedule, whose changing learning rate would recompile it.
+
+        torch's compile caches are cleared first: torch recompiles these functions for every
+        new model and optimizer and, past its limit of recompilations per function, runs them
+        eagerly, so the later runs of one process (a sweep on the basic launcher) would train
+        eagerly without a word.
         """
+        torch.compiler.reset()
         self._compiled_losses = torch.compile(self._losses)
         self.net.forward = torch.compile(self.net.forward)
 
