@@ -44,3 +44,11 @@ def test_default_is_the_books_leaky_relu_mlp(tmp_path: Path) -> None:
 def test_hydra_config_groups_present() -> None:
     expected = {"data", "model", "optimizer", "scheduler", "trainer", "callbacks", "logger"}
     assert expected | {"experiment", "hydra", "paths"} <= {p.name for p in CONFIG_DIR.iterdir()}
+
+
+def test_an_empty_dnnlab_root_is_the_folder_you_run_from(monkeypatch) -> None:
+    """DNNLAB_ROOT= (set, but empty) put data/ and logs/ at the file system's root (/logs)."""
+    monkeypatch.setenv("DNNLAB_ROOT", "")
+    assert compose_config([]).paths.log_dir == "./logs"
+    monkeypatch.setenv("DNNLAB_ROOT", "/somewhere")
+    assert compose_config([]).paths.log_dir == "/somewhere/logs"
