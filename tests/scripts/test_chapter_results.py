@@ -94,3 +94,24 @@ def test_transfer_b_on_a_retrains_a_whose_checkpoint_is_gone(tmp_path: Path, mon
 def test_unknown_studies_are_refused_naming_the_choices() -> None:
     with pytest.raises(SystemExit, match="unknown --studies nope; choose from deep_nets, "):
         chapter.main(["--studies", "nope"])
+
+
+def test_a_run_folder_a_killed_script_left_is_set_aside(tmp_path: Path, monkeypatch) -> None:
+    """The seed's folder of a killed earlier run is renamed, kept whole, and the seed retrains
+    (train.py refuses a run folder that holds files: the script used to stop there)."""
+    member = chapter.STUDIES[0].members[0]
+    left = chapter.run_dir(tmp_path, member.key, 42)
+    (left / "checkpoints").mkdir(parents=True)
+    (left / "metrics.csv").write_text("partial\n")
+
+    def fake_run(command: list[str], **kwargs: object) -> object:
+        out = Path(next(a for a in command if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        assert not out.exists(), "train.py gets a fresh folder"
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps({"metrics": {member.metric: 0.5}}))
+        return type("Done", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(chapter.subprocess, "run", fake_run)
+    assert chapter.train(member, 42, tmp_path)[member.metric] == 0.5
+    (kept,) = left.parent.glob("seed_42.killed-*")
+    assert (kept / "metrics.csv").read_text() == "partial\n"
