@@ -366,6 +366,12 @@ CASES = [
         r"\(an integer >= 0\) or a fraction of the epoch \(0.0-1.0\)$",
     ),
     (
+        "a fraction of the epoch to overfit above 1",
+        ["+trainer.overfit_batches=1.5"],
+        r"^error: trainer.overfit_batches=1.5 is not valid; give a number of optimizer steps "
+        r"\(an integer >= 0\) or a fraction of the epoch \(0.0-1.0\)$",
+    ),
+    (
         "a validation interval longer than the epoch",
         ["+trainer.val_check_interval=500"],  # QUICK: 160 optimizer steps an epoch
         r"^error: trainer.val_check_interval=500 is more than the 160 optimizer steps of an "
